@@ -1,0 +1,376 @@
+"""CPU stand-ins for the Ascend-only MindSpore ``mint`` kernels that mindone 0.5.0 calls.
+
+Why this module exists
+----------------------
+mindone 0.5.0 is written against MindSpore's ``mint`` API, and many ``mint`` kernels are
+registered only for Ascend.  On a MindSpore CPU build (2.7.1 here) they fail with
+``The kernel X unregistered.`` (PyNative) or ``Unsupported op [X] on CPU`` (graph mode), so the
+tiny FLUX / CLIP / T5 / VAE models this project uses for CPU tests cannot run.  This is the one
+place that routes those calls to CPU-capable primitives.  Everything here is a small named
+function computing the same thing as the kernel it replaces (checked against numpy in
+``tests/test_cpu_kernels.py``).
+
+``apply_cpu_kernels()`` patches only when ``mindspore.get_context("device_target") == "CPU"``;
+on Ascend or GPU it patches nothing and returns ``[]``: the real kernels are used there.
+Call it once, after ``mindspore.set_context(device_target=...)`` and **before building models**
+(a few mindone cells capture ``mint`` functions in ``__init__``).  It is idempotent.
+
+Replacements (kernel -> replacement; patched attribute)
+------------------------------------------------------
+- Arange               -> ``ops.arange``                         ``mint.arange``
+- Outer                -> broadcast multiply                     ``mint.outer``
+- StackExt             -> ``ops.stack``                          ``mint.stack``
+- unbind (backward: "The pointer[input_tensor] is null.")
+                       -> ``mint.split`` + squeeze               ``mint.unbind``
+- RepeatInterleaveInt  -> broadcast + reshape (int repeats), gather (per-element repeats)
+                                                                 ``mint.repeat_interleave``,
+                                                                 ``Tensor.repeat_interleave``
+- LayerNormExt         -> mean/var math in fp32, cast back       ``mint.nn.functional.layer_norm``,
+                                                                 ``mint.nn.LayerNorm.construct``
+- GeluExt              -> ``ops.gelu`` (erf or tanh form)        ``mint.nn.functional.gelu``
+                                                                 (``mint.nn.GELU`` calls it)
+- Conv2DExt / Conv2DPadding -> ``ops.conv2d``                    ``mint.nn.functional.conv2d``,
+                                                                 ``mint.nn.Conv2d.construct``
+- ConstantPadND        -> ``ops.pad`` (constant mode)            ``mint.nn.functional.pad``
+- Embedding            -> ``ops.gather``                         ``mint.nn.functional.embedding``,
+                                                                 ``mint.nn.Embedding.construct``
+- OnesLikeExt          -> ``ops.ones``                           ``mint.ones_like``
+- ZerosLikeExt         -> ``ops.zeros``                          ``mint.zeros_like``
+- FillScalar           -> ``ops.full``                           ``mint.full``
+- MSELossExt           -> ``((a - b) ** 2)`` + reduction         ``mint.nn.functional.mse_loss``,
+                                                                 ``mint.nn.MSELoss.construct``
+- FlashAttentionScore  -> math attention softmax(QK^T*scale + mask)V, softmax in fp32
+                          ``mindone.diffusers.models.layers_compat.scaled_dot_product_attention``
+                          (and ``attention_dispatch``'s copy of it, used by FLUX),
+                          ``mindone.diffusers.models.attention_processor.Attention
+                          .scaled_dot_product_attention`` (the VAE mid-block attention)
+
+Functions bound by value elsewhere (``from mindspore.mint... import x``, e.g. mindone's
+``layers_compat.pad``) are re-bound in every already-imported ``mindone.*`` module.
+Not replaced: random kernels (RandExt, RandnLike, NormalFloatFloat): make random arrays with
+numpy or ``ops.standard_normal``/``ops.rand``; the fused ``mint.optim.AdamW``; bf16 arithmetic
+(MindSpore CPU has none).  Never rely on in-place ops (``Tensor.add_`` is a silent no-op on CPU);
+nothing here uses them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Optional
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import mint, ops
+
+__all__ = ["apply_cpu_kernels", "is_cpu"]
+
+_APPLIED: Optional[list] = None
+
+
+def is_cpu() -> bool:
+    """True when MindSpore's current device target is CPU."""
+    return ms.get_context("device_target") == "CPU"
+
+
+# ----------------------------------------------------------------------------------------------
+# Replacements (each one computes what the Ascend kernel computes)
+# ----------------------------------------------------------------------------------------------
+def _scalar(x):
+    return x.item() if isinstance(x, ms.Tensor) else x
+
+
+def cpu_arange(start=0, end=None, step=1, *, dtype=None):
+    """mint.arange: [start, end) by step; int args -> int64, float args -> float32."""
+    return ops.arange(_scalar(start), _scalar(end), _scalar(step), dtype=dtype)
+
+
+def cpu_outer(input, vec2):  # noqa: A002 (mint's argument name)
+    """mint.outer: out[i, j] = input[i] * vec2[j]."""
+    return input.reshape(-1, 1) * vec2.reshape(1, -1)
+
+
+def cpu_stack(tensors, dim=0):
+    """mint.stack."""
+    return ops.stack(list(tensors), axis=dim)
+
+
+def cpu_unbind(input, dim=0):  # noqa: A002
+    """mint.unbind, built from split + squeeze so that its backward works on CPU."""
+    return tuple(p.squeeze(dim) for p in mint.split(input, 1, dim=dim))
+
+
+def cpu_repeat_interleave(input, repeats, dim=None, output_size=None):  # noqa: A002
+    """mint.repeat_interleave: each element repeated `repeats` times along `dim`
+    (flattened first when dim is None).  `output_size` is only a hint and is checked."""
+    if dim is None:
+        input = input.reshape(-1)
+        dim = 0
+    dim = dim % input.ndim
+    if isinstance(repeats, ms.Tensor) and repeats.size == 1:
+        repeats = int(repeats.item())
+    if isinstance(repeats, int):
+        shape = input.shape
+        x = input.unsqueeze(dim + 1)
+        x = mint.broadcast_to(x, shape[: dim + 1] + (repeats,) + shape[dim + 1 :])
+        out = x.reshape(shape[:dim] + (shape[dim] * repeats,) + shape[dim + 1 :])
+    else:
+        reps = repeats.asnumpy() if isinstance(repeats, ms.Tensor) else np.asarray(repeats)
+        index = np.repeat(np.arange(input.shape[dim]), reps.astype(np.int64))
+        out = ops.gather(input, ms.Tensor(index, ms.int32), dim)
+    if output_size is not None and out.shape[dim] != output_size:
+        raise ValueError(f"repeat_interleave: output_size={output_size} but got {out.shape[dim]}")
+    return out
+
+
+def _tensor_repeat_interleave(self, repeats, dim=None, *, output_size=None):
+    return cpu_repeat_interleave(self, repeats, dim=dim, output_size=output_size)
+
+
+def cpu_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """mint.nn.functional.layer_norm: statistics and affine in fp32, result in input dtype."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    axes = tuple(range(input.ndim - len(normalized_shape), input.ndim))
+    x = input.astype(ms.float32)
+    mean = x.mean(axis=axes, keep_dims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=axes, keep_dims=True)
+    y = centered * ops.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.astype(ms.float32)
+    if bias is not None:
+        y = y + bias.astype(ms.float32)
+    return y.astype(input.dtype)
+
+
+def _layer_norm_cell_construct(self, input):  # noqa: A002
+    return cpu_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def cpu_gelu(input, approximate="none"):  # noqa: A002
+    """mint.nn.functional.gelu: 'none' = x*Phi(x) (erf form), 'tanh' = tanh approximation."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return ops.gelu(input, approximate=approximate)
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def cpu_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """mint.nn.functional.conv2d (zero padding: int, (ph, pw), 'valid' or 'same')."""
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"conv2d: padding must be 'valid' or 'same', got {padding!r}")
+        return ops.conv2d(input, weight, bias, _pair(stride), padding, 0, _pair(dilation), groups)
+    ph, pw = _pair(padding)
+    if ph == 0 and pw == 0:
+        return ops.conv2d(input, weight, bias, _pair(stride), "valid", 0, _pair(dilation), groups)
+    return ops.conv2d(input, weight, bias, _pair(stride), "pad", (ph, pw), _pair(dilation), groups)
+
+
+def _conv2d_cell_construct(self, input):  # noqa: A002
+    if self.padding_mode != "zeros":
+        # non-zero padding modes (reflect/replicate/circular) are padded first, then convolved
+        input = _ORIGINAL_PAD(input, self._reversed_padding, mode=self.padding_mode)
+        return cpu_conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+    return cpu_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+_ORIGINAL_PAD = mint.nn.functional.pad
+
+
+def cpu_pad(input, pad, mode="constant", value=None):  # noqa: A002
+    """mint.nn.functional.pad: constant mode on CPU via ops.pad (PadV3); the other modes
+    (reflect/replicate/circular) have CPU kernels already and go to the original."""
+    if mode != "constant":
+        return _ORIGINAL_PAD(input, pad, mode=mode, value=value)
+    return ops.pad(input, tuple(int(p) for p in pad), mode="constant", value=0.0 if value is None else value)
+
+
+def cpu_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False):  # noqa: A002
+    """mint.nn.functional.embedding: rows of `weight` picked by `input`; no gradient flows to the
+    padding_idx row (as in torch).  max_norm / scale_grad_by_freq are not supported."""
+    if max_norm is not None or scale_grad_by_freq:
+        raise NotImplementedError("cpu_embedding: max_norm and scale_grad_by_freq are not supported")
+    out = ops.gather(weight, input, 0)
+    if padding_idx is not None:
+        if padding_idx < 0:
+            padding_idx += weight.shape[0]
+        is_pad = (input == padding_idx).unsqueeze(-1)
+        out = ops.where(is_pad, ops.stop_gradient(out), out)
+    return out
+
+
+def _embedding_cell_construct(self, input):  # noqa: A002
+    return cpu_embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq)
+
+
+def cpu_ones_like(input, *, dtype=None):  # noqa: A002
+    """mint.ones_like."""
+    return ops.ones(input.shape, dtype or input.dtype)
+
+
+def cpu_zeros_like(input, *, dtype=None):  # noqa: A002
+    """mint.zeros_like."""
+    return ops.zeros(input.shape, dtype or input.dtype)
+
+
+def cpu_full(size, fill_value, *, dtype=None):
+    """mint.full (default dtype follows the fill value: bool, int64 or float32)."""
+    fill_value = _scalar(fill_value)
+    if dtype is None:
+        dtype = ms.bool_ if isinstance(fill_value, bool) else ms.int64 if isinstance(fill_value, int) else ms.float32
+    if isinstance(size, int):
+        size = (size,)
+    return ops.full(tuple(size), fill_value, dtype=dtype)
+
+
+def cpu_mse_loss(input, target, reduction="mean"):  # noqa: A002
+    """mint.nn.functional.mse_loss ('mean' | 'sum' | 'none'), with broadcasting."""
+    sq = (input - target) ** 2
+    if reduction == "mean":
+        return sq.mean()
+    if reduction == "sum":
+        return sq.sum()
+    if reduction == "none":
+        return sq
+    raise ValueError(f"mse_loss: unknown reduction {reduction!r}")
+
+
+def _mse_loss_cell_construct(self, input, target):  # noqa: A002
+    return cpu_mse_loss(input, target, self.reduction)
+
+
+def cpu_scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    backend=None,
+):
+    """mindone's layers_compat.scaled_dot_product_attention (BNSD layout), as math attention with
+    torch semantics: softmax(Q K^T * scale + bias) V, scale defaults to 1/sqrt(head_dim); a bool
+    attn_mask keeps True positions, a float attn_mask is added; is_causal keeps j <= i (top-left
+    aligned).  Scores, mask and softmax are computed in fp32; the output has query's dtype.
+    Masked positions get the fp32 minimum instead of -inf, so fully masked rows give a uniform
+    average rather than NaN.  `backend` is accepted for signature compatibility and ignored."""
+    out_dtype = query.dtype
+    L, S = query.shape[-2], key.shape[-2]
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        n_rep = query.shape[-3] // key.shape[-3]
+        key = cpu_repeat_interleave(key, n_rep, dim=-3)
+        value = cpu_repeat_interleave(value, n_rep, dim=-3)
+    scores = mint.matmul(query, key.swapaxes(-2, -1)).astype(ms.float32) * scale
+    neg = float(np.finfo(np.float32).min)
+    if is_causal:
+        causal = ms.Tensor(np.tril(np.ones((L, S), dtype=np.bool_)))
+        scores = ops.masked_fill(scores, ops.logical_not(causal), neg)
+    if attn_mask is not None:
+        if attn_mask.dtype == ms.bool_:
+            scores = ops.masked_fill(scores, ops.logical_not(attn_mask), neg)
+        else:
+            scores = scores + attn_mask.astype(ms.float32)
+    probs = ops.softmax(scores, -1)
+    if dropout_p > 0.0:
+        probs = ops.dropout(probs, dropout_p, training=True)
+    return mint.matmul(probs.astype(value.dtype), value).astype(out_dtype)
+
+
+def _attention_method_sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """Attention.scaled_dot_product_attention (BNSD), as torch's AttnProcessor2_0 calls SDPA."""
+    return cpu_scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Patching
+# ----------------------------------------------------------------------------------------------
+def _rebind_in_mindone(original, replacement) -> None:
+    """Replace module globals that captured `original` by value in imported mindone modules."""
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "mindone" or name.startswith("mindone.")):
+            continue
+        namespace = getattr(module, "__dict__", None)
+        if not namespace:
+            continue
+        for attr, val in list(namespace.items()):
+            if val is original:
+                setattr(module, attr, replacement)
+
+
+def _patch_function(owner, attr: str, replacement, label: str, done: list) -> None:
+    original = getattr(owner, attr)
+    setattr(owner, attr, replacement)
+    _rebind_in_mindone(original, replacement)
+    done.append(label)
+
+
+def _patch_method(cls, attr: str, replacement, label: str, done: list) -> None:
+    setattr(cls, attr, replacement)
+    done.append(label)
+
+
+def apply_cpu_kernels() -> list:
+    """Route Ascend-only mint kernels used by mindone to CPU-capable code.
+
+    Patches only when the device target is CPU; returns the names of what was replaced
+    ([] on Ascend/GPU).  Idempotent: later calls patch nothing and return the same list."""
+    global _APPLIED
+    if not is_cpu():
+        return []
+    if _APPLIED is not None:
+        return list(_APPLIED)
+
+    done: list = []
+    F = mint.nn.functional
+    _patch_function(mint, "arange", cpu_arange, "mint.arange", done)
+    _patch_function(mint, "outer", cpu_outer, "mint.outer", done)
+    _patch_function(mint, "stack", cpu_stack, "mint.stack", done)
+    _patch_function(mint, "unbind", cpu_unbind, "mint.unbind", done)
+    _patch_function(mint, "repeat_interleave", cpu_repeat_interleave, "mint.repeat_interleave", done)
+    _patch_method(ms.Tensor, "repeat_interleave", _tensor_repeat_interleave, "Tensor.repeat_interleave", done)
+    _patch_function(mint, "ones_like", cpu_ones_like, "mint.ones_like", done)
+    _patch_function(mint, "zeros_like", cpu_zeros_like, "mint.zeros_like", done)
+    _patch_function(mint, "full", cpu_full, "mint.full", done)
+    _patch_function(F, "layer_norm", cpu_layer_norm, "mint.nn.functional.layer_norm", done)
+    _patch_method(mint.nn.LayerNorm, "construct", _layer_norm_cell_construct, "mint.nn.LayerNorm", done)
+    _patch_function(F, "gelu", cpu_gelu, "mint.nn.functional.gelu", done)
+    _patch_function(F, "conv2d", cpu_conv2d, "mint.nn.functional.conv2d", done)
+    _patch_method(mint.nn.Conv2d, "construct", _conv2d_cell_construct, "mint.nn.Conv2d", done)
+    _patch_function(F, "pad", cpu_pad, "mint.nn.functional.pad", done)
+    _patch_function(F, "embedding", cpu_embedding, "mint.nn.functional.embedding", done)
+    _patch_method(mint.nn.Embedding, "construct", _embedding_cell_construct, "mint.nn.Embedding", done)
+    _patch_function(F, "mse_loss", cpu_mse_loss, "mint.nn.functional.mse_loss", done)
+    _patch_method(mint.nn.MSELoss, "construct", _mse_loss_cell_construct, "mint.nn.MSELoss", done)
+
+    try:
+        from mindone.diffusers.models import attention_dispatch  # noqa: F401  (holds a copy of sdpa)
+        from mindone.diffusers.models import attention_processor, layers_compat
+    except ImportError:  # mindone not installed: only the mint patches apply
+        pass
+    else:
+        _patch_function(
+            layers_compat,
+            "scaled_dot_product_attention",
+            cpu_scaled_dot_product_attention,
+            "mindone.diffusers.models.layers_compat.scaled_dot_product_attention",
+            done,
+        )
+        _patch_method(
+            attention_processor.Attention,
+            "scaled_dot_product_attention",
+            _attention_method_sdpa,
+            "mindone.diffusers.models.attention_processor.Attention.scaled_dot_product_attention",
+            done,
+        )
+
+    _APPLIED = done
+    return list(done)

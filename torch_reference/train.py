@@ -1,0 +1,161 @@
+"""The PyTorch reference trainer: `python -m torch_reference.train [diffusers flags]`.
+
+The whole loop is on this screen: load, freeze, inject LoRA, place dtypes, then for each optimizer
+step accumulate micro-batch gradients from `step.loss_and_grads`, clip, step, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from fluxlora.args import DEFAULT_TEXT_ENCODER_TARGETS, UsageError, transformer_targets
+from fluxlora.checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from fluxlora.data import DreamBoothData
+from fluxlora.inputs import make_step_inputs
+from fluxlora.log import TrainLog, announce
+from fluxlora.run import TrainingPlan, choose_seed, cli, fail, model_location
+from fluxlora.schedule import lr_multiplier
+
+from .checkpoint import restore_training_state, training_state
+from .export import render_validation, save_lora
+from .lora import add_lora, lora_parameters
+from .models import freeze, load_models, schedule_tables
+from .precision import place_dtypes, precision_table
+from .step import clip_and_step, loss_and_grads
+
+PROG = "python -m torch_reference.train"
+
+
+def select_device(requested: str | None) -> torch.device:
+    if requested in (None, "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested in (None, "cpu"):
+        return torch.device("cpu")
+    raise UsageError(f"--device {requested}: the torch reference runs on cpu or cuda (use mindspore_impl on Ascend)")
+
+
+def build(args, device: torch.device):
+    """Models loaded, frozen, LoRA-injected and dtype-placed; the trainable parameters in optimizer groups."""
+    models = load_models(model_location(args, device.type == "cpu"), args.revision, args.variant)
+    freeze(*models.named_modules().values())
+    add_lora(models.transformer, args.rank, args.lora_alpha, transformer_targets(args), args.lora_dropout)
+    trainable = [models.transformer]
+    if args.train_text_encoder:
+        add_lora(models.text_encoder_one, args.rank, args.lora_alpha, list(DEFAULT_TEXT_ENCODER_TARGETS),
+                 args.lora_dropout, flag="--train_text_encoder")
+        trainable.append(models.text_encoder_one)
+    if args.gradient_checkpointing:
+        models.transformer.enable_gradient_checkpointing()
+        if args.train_text_encoder:
+            models.text_encoder_one.gradient_checkpointing_enable()
+    place_dtypes(models, args.mixed_precision, trainable)
+    for model in models.named_modules().values():
+        model.to(device)
+    return models, trainable
+
+
+def param_groups(models, args) -> list[dict]:
+    groups = [{"params": lora_parameters(models.transformer), "lr": args.learning_rate,
+               "weight_decay": args.adam_weight_decay}]
+    if args.train_text_encoder:
+        groups.append({"params": lora_parameters(models.text_encoder_one), "lr": args.text_encoder_lr,
+                       "weight_decay": args.adam_weight_decay_text_encoder})
+    return groups
+
+
+def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
+    device = select_device(args.device)
+    if args.optimizer != "AdamW":
+        raise UsageError(f"--optimizer {args.optimizer} exists only in mindspore_impl; the torch reference uses AdamW")
+    seed = choose_seed(args)
+    data = DreamBoothData(args, world_size)
+    models, trainable = build(args, device)
+    groups = param_groups(models, args)
+    if args.scale_lr:
+        for group in groups:
+            group["lr"] *= args.gradient_accumulation_steps * args.train_batch_size * world_size
+    base_lrs = [g["lr"] for g in groups]
+    named = {f"{i}:{n}": p for i, g in enumerate(groups) for n, p in g["params"].items()}
+    params = {n.split(":", 1)[1]: p for n, p in named.items()}
+    optimizer = torch.optim.AdamW([{**g, "params": list(g["params"].values())} for g in groups],
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    plan = TrainingPlan.of(data, args)
+    output_dir = Path(args.output_dir)
+    resume = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    start = 0
+    if resume is not None:
+        lora, moments, state = load_checkpoint(resume)
+        restore_training_state(params, optimizer, lora, moments, state)
+        start, seed = state["step"], state["seed"]
+        announce(f"resumed from {resume} at step {start}")
+    elif args.resume_from_checkpoint == "latest":
+        announce(f"no checkpoint in {output_dir}; starting a new run")
+    is_main = rank == 0
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        announce(f"precision: {precision_table(models, trainable)}")
+    schedule = schedule_tables(models.noise_scheduler)
+    prompt_cache: dict = {}
+    log = TrainLog(output_dir, start, plan.total_steps, enabled=is_main)
+    for step in range(start, plan.total_steps):
+        began = time.perf_counter()
+        summed, losses = None, []
+        for micro in plan.micro_steps(step):
+            batch = data.batch(seed, *plan.position(micro), rank=rank)
+            inputs = make_step_inputs(batch, models.tokenizers, args, seed, micro,
+                                      rank * len(batch.prompts), models.vae.config, schedule)
+            cached = {}
+            if not args.train_text_encoder:
+                cached["prompt_embeddings"] = cached_prompt(models, inputs, prompt_cache, device)
+            loss, grads, _ = loss_and_grads(models, params, inputs, args.guidance_scale, args.prior_loss_weight,
+                                            **cached)
+            losses.append(float(loss))
+            summed = grads if summed is None else {n: summed[n] + g for n, g in grads.items()}
+        grads = {n: g / plan.accumulation for n, g in summed.items()}
+        if all_reduce is not None:
+            grads = all_reduce(grads)
+        multiplier = lr_multiplier(args.lr_scheduler, step, args.lr_warmup_steps, plan.total_steps,
+                                   args.lr_num_cycles, args.lr_power)
+        grad_norm = clip_and_step(optimizer, params, grads, [lr * multiplier for lr in base_lrs], args.max_grad_norm)
+        done = step + 1
+        log.step(done, sum(losses) / len(losses), base_lrs[0] * multiplier, grad_norm, time.perf_counter() - began)
+        if is_main and plan.checkpoint_due(done):
+            lora, moments, state = training_state(params, optimizer)
+            save_checkpoint(output_dir, done, lora, moments, {**state, "seed": seed}, args.checkpoints_total_limit)
+        if is_main and plan.validation_due(done):
+            render_validation(models, args, seed, done, output_dir)
+    log.close()
+    if not is_main:
+        return output_dir
+    path = save_lora(output_dir, models, args)
+    if args.validation_prompt:
+        render_validation(models, args, seed, plan.total_steps, output_dir)
+    announce(f"saved {path}")
+    return path
+
+
+@torch.no_grad()
+def cached_prompt(models, inputs, cache: dict, device):
+    """Frozen text encoders give the same embeddings for the same prompts: compute them once."""
+    from .step import encode_prompt
+
+    key = tuple(inputs.prompts)
+    if key not in cache:
+        cache[key] = encode_prompt(models, torch.from_numpy(inputs.clip_ids).to(device),
+                                   torch.from_numpy(inputs.t5_ids).to(device))
+    return cache[key]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = cli(argv, PROG)
+    try:
+        train(args)
+    except UsageError as error:
+        fail(PROG, error)
+
+
+if __name__ == "__main__":
+    main()
