@@ -27,7 +27,8 @@ def adapter_key(parameter_name: str, adapter: str = "default") -> str:
 
 def lora_metadata(rank: int, alpha: float, targets: list[str], init: str = "gaussian", dropout: float = 0.0) -> dict:
     return {"r": rank, "lora_alpha": alpha, "target_modules": sorted(targets), "init_lora_weights": init,
-            "lora_dropout": dropout, "bias": "none", "use_dora": False, "use_rslora": False, "peft_type": "LORA"}
+            "lora_dropout": dropout, "bias": "none", "use_dora": False, "use_rslora": False, "peft_type": "LORA",
+            "rank_pattern": {}, "alpha_pattern": {}}
 
 
 def save_lora_file(output_dir: str | Path, parts: dict[str, tuple[dict[str, np.ndarray], dict]],

@@ -25,15 +25,22 @@ def fail(prog: str, error: Exception) -> None:
     raise SystemExit(2) from None
 
 
-def model_location(args, on_cpu: bool) -> str:
+def settle_precision(args, on_cpu: bool, bf16_on_cpu: bool) -> None:
+    """The demo on a CPU trains in fp32 unless told otherwise; a framework without CPU bf16 refuses it now."""
+    if args.demo and on_cpu and not args.mixed_precision_explicit:
+        args.mixed_precision = "no"
+    if on_cpu and args.mixed_precision == "bf16" and not bf16_on_cpu:
+        raise UsageError("--mixed_precision bf16 needs Ascend: MindSpore's CPU backend has no bf16 arithmetic. "
+                         "Use --mixed_precision fp16 or no on this machine, bf16 on Ascend")
+
+
+def model_location(args) -> str:
     """The FLUX.1 folder to load; for the built-in demo, the small local checkpoint (built once)."""
     if not args.demo:
         return args.pretrained_model_name_or_path
     from .tiny import cached_checkpoint
 
     location = str(cached_checkpoint("small", seed=0))
-    if on_cpu and not args.mixed_precision_explicit:
-        args.mixed_precision = "no"
     announce("=" * 78 + "\nBUILT-IN DEMO: no --pretrained_model_name_or_path given, so this trains a LoRA on a\n"
              f"small FLUX.1-shaped model with random weights ({location})\n"
              f"and the bundled robot images ({args.instance_data_dir}).\n"

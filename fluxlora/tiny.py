@@ -164,8 +164,12 @@ def random_tensor(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return noise / np.float32(np.sqrt(fan_in))  # keeps activations O(1) through depth
 
 
+# Tensors that the model ties together must be written equal: T5's token embedding is stored twice.
+TIED = {"encoder.embed_tokens.weight": "shared.weight"}
+
+
 def write_weights(shapes: dict[str, tuple[int, ...]], seed: int, path: Path) -> None:
-    tensors = {name: random_tensor(seed, name, shape) for name, shape in sorted(shapes.items())}
+    tensors = {name: random_tensor(seed, TIED.get(name, name), shape) for name, shape in sorted(shapes.items())}
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 

@@ -18,11 +18,16 @@ def encode_prompt(models, clip_ids: torch.Tensor, t5_ids: torch.Tensor) -> tuple
     return pooled, prompt_embeds
 
 
-def encode_images(vae, pixel_values: torch.Tensor, latent_eps: torch.Tensor) -> torch.Tensor:
-    """Sample the VAE posterior with the given standard normal, then FLUX's shift and scale."""
+def vae_posterior(vae, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the VAE's latent distribution (what --cache_latents keeps)."""
     posterior = vae.encode(pixel_values.to(vae.dtype)).latent_dist
-    latents = posterior.mean + posterior.std * latent_eps.to(posterior.mean.dtype)
-    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    return posterior.mean, posterior.std
+
+
+def sample_latents(vae_config, mean: torch.Tensor, std: torch.Tensor, latent_eps: torch.Tensor) -> torch.Tensor:
+    """Sample the posterior with the given standard normal, then FLUX's shift and scale."""
+    latents = mean + std * latent_eps.to(mean.dtype)
+    return (latents - vae_config.shift_factor) * vae_config.scaling_factor
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -45,8 +50,8 @@ def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weighting: torc
 
 def forward_loss(models, inputs: StepInputs, guidance_scale: float, prior_loss_weight: float,
                  prompt_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 model_input: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The loss of one micro-batch. `prompt_embeddings` / `model_input` skip the frozen encoders when cached."""
+                 posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+    """The loss of one micro-batch. `prompt_embeddings` / `posterior` skip the frozen encoders when cached."""
     transformer = models.transformer
     device, dtype = transformer.device, transformer.dtype
     as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
@@ -54,9 +59,9 @@ def forward_loss(models, inputs: StepInputs, guidance_scale: float, prior_loss_w
     if prompt_embeddings is None:
         prompt_embeddings = encode_prompt(models, as_tensor(inputs.clip_ids), as_tensor(inputs.t5_ids))
     pooled, prompt_embeds = prompt_embeddings
-    if model_input is None:
-        model_input = encode_images(models.vae, as_tensor(inputs.pixel_values), as_tensor(draws.latent_eps))
-    model_input = model_input.to(dtype)
+    if posterior is None:
+        posterior = vae_posterior(models.vae, as_tensor(inputs.pixel_values))
+    model_input = sample_latents(models.vae.config, *posterior, as_tensor(draws.latent_eps)).to(dtype)
     noise = as_tensor(draws.noise).to(dtype)
     sigmas = as_tensor(draws.sigmas).to(dtype).reshape(-1, 1, 1, 1)
     noisy = (1.0 - sigmas) * model_input + sigmas * noise

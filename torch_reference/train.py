@@ -6,6 +6,7 @@ step accumulate micro-batch gradients from `step.loss_and_grads`, clip, step, lo
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from fluxlora.checkpoints import load_checkpoint, resolve_checkpoint, save_check
 from fluxlora.data import DreamBoothData
 from fluxlora.inputs import make_step_inputs
 from fluxlora.log import TrainLog, announce
-from fluxlora.run import TrainingPlan, choose_seed, cli, fail, model_location
+from fluxlora.run import TrainingPlan, choose_seed, cli, fail, model_location, settle_precision
 from fluxlora.schedule import lr_multiplier
 
 from .checkpoint import restore_training_state, training_state
@@ -39,7 +40,7 @@ def select_device(requested: str | None) -> torch.device:
 
 def build(args, device: torch.device):
     """Models loaded, frozen, LoRA-injected and dtype-placed; the trainable parameters in optimizer groups."""
-    models = load_models(model_location(args, device.type == "cpu"), args.revision, args.variant)
+    models = load_models(model_location(args), args.revision, args.variant)
     freeze(*models.named_modules().values())
     add_lora(models.transformer, args.rank, args.lora_alpha, transformer_targets(args), args.lora_dropout)
     trainable = [models.transformer]
@@ -68,6 +69,7 @@ def param_groups(models, args) -> list[dict]:
 
 def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
     device = select_device(args.device)
+    settle_precision(args, on_cpu=device.type == "cpu", bf16_on_cpu=True)
     if args.optimizer != "AdamW":
         raise UsageError(f"--optimizer {args.optimizer} exists only in mindspore_impl; the torch reference uses AdamW")
     seed = choose_seed(args)
@@ -99,6 +101,7 @@ def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
         announce(f"precision: {precision_table(models, trainable)}")
     schedule = schedule_tables(models.noise_scheduler)
     prompt_cache: dict = {}
+    latent_cache: dict = {}
     log = TrainLog(output_dir, start, plan.total_steps, enabled=is_main)
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
@@ -110,6 +113,8 @@ def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
             cached = {}
             if not args.train_text_encoder:
                 cached["prompt_embeddings"] = cached_prompt(models, inputs, prompt_cache, device)
+            if args.cache_latents:
+                cached["posterior"] = cached_posterior(models, inputs, latent_cache, device)
             loss, grads, _ = loss_and_grads(models, params, inputs, args.guidance_scale, args.prior_loss_weight,
                                             **cached)
             losses.append(float(loss))
@@ -147,6 +152,20 @@ def cached_prompt(models, inputs, cache: dict, device):
         cache[key] = encode_prompt(models, torch.from_numpy(inputs.clip_ids).to(device),
                                    torch.from_numpy(inputs.t5_ids).to(device))
     return cache[key]
+
+
+@torch.no_grad()
+def cached_posterior(models, inputs, cache: dict, device):
+    """--cache_latents: encode each distinct preprocessed image once; a new crop or flip is a new entry."""
+    from .step import vae_posterior
+
+    rows = []
+    for pixels in inputs.pixel_values:
+        key = hashlib.sha1(pixels.tobytes()).hexdigest()
+        if key not in cache:
+            cache[key] = [t[0] for t in vae_posterior(models.vae, torch.from_numpy(pixels[None]).to(device))]
+        rows.append(cache[key])
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:

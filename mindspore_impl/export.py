@@ -1,0 +1,50 @@
+"""Write the trained LoRA in diffusers' format, and render validation images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+
+from fluxlora.args import DEFAULT_TEXT_ENCODER_TARGETS, transformer_targets
+from fluxlora.draws import validation_latents
+from fluxlora.lora_file import lora_metadata, save_lora_file
+
+
+def lora_weights(model: ms.nn.Cell) -> dict[str, np.ndarray]:
+    return {p.name: p.astype(ms.float32).asnumpy() for p in model.get_parameters() if "lora_" in p.name}
+
+
+def save_lora(output_dir: str | Path, models, args) -> Path:
+    """The LoRA parameters are fp32 (the document's table), so the file is fp32 whatever the mixed precision."""
+    parts = {"transformer": (lora_weights(models.transformer),
+                             lora_metadata(args.rank, args.lora_alpha, transformer_targets(args)))}
+    if args.train_text_encoder:
+        parts["text_encoder"] = (lora_weights(models.text_encoder_one),
+                                 lora_metadata(args.rank, args.lora_alpha, list(DEFAULT_TEXT_ENCODER_TARGETS)))
+    return save_lora_file(output_dir, parts)
+
+
+def render_validation(models, args, seed: int, step: int, output_dir: str | Path) -> list[Path]:
+    from mindone.diffusers import FluxPipeline
+
+    from .step import model_dtype
+
+    pipeline = FluxPipeline(scheduler=models.noise_scheduler, vae=models.vae,
+                            text_encoder=models.text_encoder_one, tokenizer=models.tokenizers.clip,
+                            text_encoder_2=models.text_encoder_two, tokenizer_2=models.tokenizers.t5,
+                            transformer=models.transformer)
+    pipeline.set_progress_bar_config(disable=True)
+    latents = ms.Tensor(validation_latents(seed, args.num_validation_images, args.resolution, models.vae.config))
+    images = pipeline(prompt=[args.validation_prompt] * args.num_validation_images,
+                      latents=latents.astype(model_dtype(models.transformer)),
+                      height=args.resolution, width=args.resolution, num_inference_steps=20,
+                      guidance_scale=args.guidance_scale, max_sequence_length=args.max_sequence_length)[0]
+    folder = Path(output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(folder / f"step{step:06d}_{index}.png")
+        image.save(paths[-1])
+    return paths

@@ -1,0 +1,103 @@
+"""Optimizers for the LoRA parameters.
+
+`AdamW` reproduces torch.optim.AdamW (bias-corrected moments, decoupled weight decay) so the two
+trainers take the same steps; it is the default. `AdamWeightDecay` wraps the document's
+`mindspore.nn.AdamWeightDecay`, which has no bias correction: its first update is
+lr * (1 - beta1) / sqrt(1 - beta2), about 3.16 x lr per coordinate with the default betas, where
+AdamW moves 1 x lr; the gap shrinks as the moments warm up (parity_tests measure it).
+Updates are written with `ops.assign`
+(in-place tensor methods are silent no-ops on MindSpore CPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+
+class AdamW:
+    def __init__(self, groups: list[dict], betas=(0.9, 0.999), eps: float = 1e-8):
+        """groups: [{'params': {name: Parameter}, 'lr': float, 'weight_decay': float}, ...] as in torch_reference."""
+        self.groups = groups
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.steps = 0
+        self.exp_avg = {n: ms.Parameter(ops.zeros(p.shape, ms.float32), name=f"{n}.exp_avg", requires_grad=False)
+                        for g in groups for n, p in g["params"].items()}
+        self.exp_avg_sq = {n: ms.Parameter(ops.zeros(p.shape, ms.float32), name=f"{n}.exp_avg_sq",
+                                           requires_grad=False)
+                           for g in groups for n, p in g["params"].items()}
+
+    def set_learning_rates(self, lrs: list[float]) -> None:
+        for group, lr in zip(self.groups, lrs):
+            group["lr"] = lr
+
+    def step(self, grads: list[ms.Tensor]) -> None:
+        self.steps += 1
+        correction1 = 1.0 - self.beta1 ** self.steps
+        correction2 = 1.0 - self.beta2 ** self.steps
+        grads = iter(grads)
+        for group in self.groups:
+            lr, decay = group["lr"], group["weight_decay"]
+            for name, p in group["params"].items():
+                g = next(grads).astype(ms.float32)
+                m = self.exp_avg[name] * self.beta1 + g * (1.0 - self.beta1)
+                v = self.exp_avg_sq[name] * self.beta2 + g * g * (1.0 - self.beta2)
+                ops.assign(self.exp_avg[name], m)
+                ops.assign(self.exp_avg_sq[name], v)
+                denom = ops.sqrt(v) / math.sqrt(correction2) + self.eps
+                updated = p * (1.0 - lr * decay) - (lr / correction1) * m / denom
+                ops.assign(p, updated.astype(p.dtype))
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        moments = {f"{n}.exp_avg": t.asnumpy() for n, t in self.exp_avg.items()}
+        moments.update({f"{n}.exp_avg_sq": t.asnumpy() for n, t in self.exp_avg_sq.items()})
+        return moments, {"optimizer_steps": self.steps}
+
+    def load_state(self, moments: dict[str, np.ndarray], state: dict) -> None:
+        for name in self.exp_avg:
+            if f"{name}.exp_avg" in moments:
+                ops.assign(self.exp_avg[name], ms.Tensor(moments[f"{name}.exp_avg"]))
+                ops.assign(self.exp_avg_sq[name], ms.Tensor(moments[f"{name}.exp_avg_sq"]))
+        self.steps = int(state["optimizer_steps"])
+
+
+class AdamWeightDecay:
+    """The document's optimizer, `mindspore.nn.AdamWeightDecay`, behind the same interface."""
+
+    def __init__(self, groups: list[dict], betas=(0.9, 0.999), eps: float = 1e-8):
+        self.groups = groups
+        self.names = [n for g in groups for n in g["params"]]
+        self.lrs = [ms.Parameter(ms.Tensor(g["lr"], ms.float32), name=f"lr_{i}", requires_grad=False)
+                    for i, g in enumerate(groups)]
+        ms_groups = [{"params": list(g["params"].values()), "lr": lr, "weight_decay": g["weight_decay"]}
+                     for g, lr in zip(groups, self.lrs)]
+        self.optimizer = ms.nn.AdamWeightDecay(ms_groups, learning_rate=self.lrs[0], beta1=betas[0], beta2=betas[1],
+                                               eps=eps)
+        self.steps = 0
+
+    def set_learning_rates(self, lrs: list[float]) -> None:
+        for parameter, lr in zip(self.lrs, lrs):
+            ops.assign(parameter, ms.Tensor(lr, ms.float32))
+
+    def step(self, grads: list[ms.Tensor]) -> None:
+        self.steps += 1
+        self.optimizer(tuple(grads))
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        moments = {f"{n}.exp_avg": m.asnumpy() for n, m in zip(self.names, self.optimizer.moments1)}
+        moments.update({f"{n}.exp_avg_sq": v.asnumpy() for n, v in zip(self.names, self.optimizer.moments2)})
+        return moments, {"optimizer_steps": self.steps}
+
+    def load_state(self, moments: dict[str, np.ndarray], state: dict) -> None:
+        for name, m, v in zip(self.names, self.optimizer.moments1, self.optimizer.moments2):
+            if f"{name}.exp_avg" in moments:
+                ops.assign(m, ms.Tensor(moments[f"{name}.exp_avg"]))
+                ops.assign(v, ms.Tensor(moments[f"{name}.exp_avg_sq"]))
+        self.steps = int(state["optimizer_steps"])
+
+
+OPTIMIZERS = {"AdamW": AdamW, "AdamWeightDecay": AdamWeightDecay}
