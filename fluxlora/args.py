@@ -14,6 +14,10 @@ from pathlib import Path
 
 DEFAULT_TRANSFORMER_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 DEFAULT_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# what diffusers' train_dreambooth_lora_flux.py adapts when --lora_layers is not given
+DIFFUSERS_DEFAULT_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
+                             "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
+                             "ff_context.net.0.proj", "ff_context.net.2")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")

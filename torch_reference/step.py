@@ -102,7 +102,7 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.P
                   grads: dict[str, torch.Tensor], lrs: list[float], max_grad_norm: float) -> float:
     """Clip the global gradient norm, set each group's learning rate, take one optimizer step."""
     for name, p in params.items():
-        p.grad = grads[name].to(p.dtype)
+        p.grad = grads[name].to(p.dtype, copy=True)  # clipping scales .grad in place: keep the caller's grads
     grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), max_grad_norm)
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
