@@ -17,40 +17,55 @@ Call it once, after ``mindspore.set_context(device_target=...)`` and **before bu
 
 Replacements (kernel -> replacement; patched attribute)
 ------------------------------------------------------
-- Arange               -> ``ops.arange``                         ``mint.arange``
-- Outer                -> broadcast multiply                     ``mint.outer``
-- StackExt             -> ``ops.stack``                          ``mint.stack``
-- unbind (backward: "The pointer[input_tensor] is null.")
-                       -> ``mint.split`` + squeeze               ``mint.unbind``
+Needed by the tiny FLUX transformer, T5 encoder and VAE (each one, left out, makes one of them
+fail on CPU; CLIPTextModel needs none):
+
+- Arange               -> ``ops.arange``                         ``mint.arange``  (timestep emb., RoPE, T5)
+- Outer                -> broadcast multiply                     ``mint.outer``  (RoPE)
+- StackExt             -> ``ops.stack``                          ``mint.stack``  (RoPE)
+- unbind backward ("The pointer[input_tensor] is null.")
+                       -> ``mint.split`` + squeeze               ``mint.unbind``  (apply_rotary_emb)
 - RepeatInterleaveInt  -> broadcast + reshape (int repeats), gather (per-element repeats)
-                                                                 ``mint.repeat_interleave``,
-                                                                 ``Tensor.repeat_interleave``
-- LayerNormExt         -> mean/var math in fp32, cast back       ``mint.nn.functional.layer_norm``,
-                                                                 ``mint.nn.LayerNorm.construct``
+                                                                 ``Tensor.repeat_interleave`` (RoPE),
+                                                                 ``mint.repeat_interleave``
+- LayerNormExt         -> mean/var math in fp32, cast back       ``mint.nn.LayerNorm.construct``,
+                                                                 ``mint.nn.functional.layer_norm``
 - GeluExt              -> ``ops.gelu`` (erf or tanh form)        ``mint.nn.functional.gelu``
                                                                  (``mint.nn.GELU`` calls it)
-- Conv2DExt / Conv2DPadding -> ``ops.conv2d``                    ``mint.nn.functional.conv2d``,
-                                                                 ``mint.nn.Conv2d.construct``
-- ConstantPadND        -> ``ops.pad`` (constant mode)            ``mint.nn.functional.pad``
-- Embedding            -> ``ops.gather``                         ``mint.nn.functional.embedding``,
-                                                                 ``mint.nn.Embedding.construct``
-- OnesLikeExt          -> ``ops.ones``                           ``mint.ones_like``
-- ZerosLikeExt         -> ``ops.zeros``                          ``mint.zeros_like``
-- FillScalar           -> ``ops.full``                           ``mint.full``
-- MSELossExt           -> ``((a - b) ** 2)`` + reduction         ``mint.nn.functional.mse_loss``,
-                                                                 ``mint.nn.MSELoss.construct``
+- Conv2DExt / Conv2DPadding -> ``ops.conv2d``                    ``mint.nn.Conv2d.construct``,
+                                                                 ``mint.nn.functional.conv2d``  (VAE)
+- ConstantPadND        -> ``ops.pad`` (also Reflection/ReplicationPad) ``mint.nn.functional.pad``  (VAE Downsample2D)
+- Embedding            -> ``ops.gather``                         ``mint.nn.Embedding.construct``,
+                                                                 ``mint.nn.functional.embedding``  (T5)
 - FlashAttentionScore  -> math attention softmax(QK^T*scale + mask)V, softmax in fp32
                           ``mindone.diffusers.models.layers_compat.scaled_dot_product_attention``
-                          (and ``attention_dispatch``'s copy of it, used by FLUX),
-                          ``mindone.diffusers.models.attention_processor.Attention
-                          .scaled_dot_product_attention`` (the VAE mid-block attention)
+                          and ``attention_dispatch``'s copy of it (FLUX attention).  mindone's
+                          ``Attention.scaled_dot_product_attention`` (VAE mid block) already falls
+                          back to math attention off Ascend and is left alone.
+
+Needed by the training / pipeline helpers around the models:
+
+- OnesLikeExt          -> ``ops.ones``                           ``mint.ones_like``  (compute_loss_weighting_for_sd3)
+- ZerosLikeExt         -> ``ops.zeros``                          ``mint.zeros_like``  (gradient accumulation helpers)
+- FillScalar           -> ``ops.full``                           ``mint.full``  (FluxPipeline guidance)
+- MSELossExt           -> ``(a - b) ** 2`` + reduction           ``mint.nn.functional.mse_loss``,
+                                                                 ``mint.nn.MSELoss.construct``
+
+Not missing but imprecise on CPU (measured on 2.7.1 against float64 numpy): fp32 ``Exp`` is off by
+up to 6e-6 relative (torch: 6e-8) and fp32 ``Tanh`` by up to 1e-4 absolute (torch: 3e-8). FLUX's
+sinusoidal timestep/guidance embedding multiplies exp's result by up to 3500, which turned that into
+a 4e-4 relative error in the transformer's output. So in fp32 these two run in float64 and cast back:
+- Exp (fp32)           -> float64 exp, cast to fp32              ``mint.exp``
+- Tanh (fp32)          -> float64 tanh, cast to fp32             ``mint.tanh``
 
 Functions bound by value elsewhere (``from mindspore.mint... import x``, e.g. mindone's
 ``layers_compat.pad``) are re-bound in every already-imported ``mindone.*`` module.
 Not replaced: random kernels (RandExt, RandnLike, NormalFloatFloat): make random arrays with
-numpy or ``ops.standard_normal``/``ops.rand``; the fused ``mint.optim.AdamW``; bf16 arithmetic
-(MindSpore CPU has none).  Never rely on in-place ops (``Tensor.add_`` is a silent no-op on CPU);
-nothing here uses them.
+numpy or ``ops.standard_normal``/``ops.rand``; ``mint.nn.functional.dropout`` (fails on CPU even
+with p=0; the models here use ``ops.dropout``/``mint.nn.Dropout``, which work); the fused
+``mint.optim.AdamW``; ``ops.rms_norm`` (mindone's RMSNorm uses plain math on MindSpore 2.7);
+bf16 arithmetic (MindSpore CPU has none).  Never rely on in-place ops (``Tensor.add_`` is a
+silent no-op on CPU); nothing here uses them.
 """
 
 from __future__ import annotations
@@ -59,9 +74,8 @@ import math
 import sys
 from typing import Optional
 
-import numpy as np
-
 import mindspore as ms
+import numpy as np
 from mindspore import mint, ops
 
 __all__ = ["apply_cpu_kernels", "is_cpu"]
@@ -77,6 +91,19 @@ def is_cpu() -> bool:
 # ----------------------------------------------------------------------------------------------
 # Replacements (each one computes what the Ascend kernel computes)
 # ----------------------------------------------------------------------------------------------
+_EXP, _TANH = mint.exp, mint.tanh
+
+
+def precise_exp(input):  # noqa: A002
+    """fp32 exp through float64: MindSpore CPU's fp32 Exp is only ~17 bits accurate."""
+    return _EXP(input.astype(ms.float64)).astype(input.dtype) if input.dtype == ms.float32 else _EXP(input)
+
+
+def precise_tanh(input):  # noqa: A002
+    """fp32 tanh through float64: MindSpore CPU's fp32 Tanh is off by up to 1e-4."""
+    return _TANH(input.astype(ms.float64)).astype(input.dtype) if input.dtype == ms.float32 else _TANH(input)
+
+
 def _scalar(x):
     return x.item() if isinstance(x, ms.Tensor) else x
 
@@ -86,7 +113,7 @@ def cpu_arange(start=0, end=None, step=1, *, dtype=None):
     return ops.arange(_scalar(start), _scalar(end), _scalar(step), dtype=dtype)
 
 
-def cpu_outer(input, vec2):  # noqa: A002 (mint's argument name)
+def cpu_outer(input, vec2):
     """mint.outer: out[i, j] = input[i] * vec2[j]."""
     return input.reshape(-1, 1) * vec2.reshape(1, -1)
 
@@ -96,12 +123,12 @@ def cpu_stack(tensors, dim=0):
     return ops.stack(list(tensors), axis=dim)
 
 
-def cpu_unbind(input, dim=0):  # noqa: A002
+def cpu_unbind(input, dim=0):
     """mint.unbind, built from split + squeeze so that its backward works on CPU."""
     return tuple(p.squeeze(dim) for p in mint.split(input, 1, dim=dim))
 
 
-def cpu_repeat_interleave(input, repeats, dim=None, output_size=None):  # noqa: A002
+def cpu_repeat_interleave(input, repeats, dim=None, output_size=None):
     """mint.repeat_interleave: each element repeated `repeats` times along `dim`
     (flattened first when dim is None).  `output_size` is only a hint and is checked."""
     if dim is None:
@@ -128,7 +155,7 @@ def _tensor_repeat_interleave(self, repeats, dim=None, *, output_size=None):
     return cpu_repeat_interleave(self, repeats, dim=dim, output_size=output_size)
 
 
-def cpu_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+def cpu_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """mint.nn.functional.layer_norm: statistics and affine in fp32, result in input dtype."""
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
@@ -145,11 +172,11 @@ def cpu_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  
     return y.astype(input.dtype)
 
 
-def _layer_norm_cell_construct(self, input):  # noqa: A002
+def _layer_norm_cell_construct(self, input):
     return cpu_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-def cpu_gelu(input, approximate="none"):  # noqa: A002
+def cpu_gelu(input, approximate="none"):
     """mint.nn.functional.gelu: 'none' = x*Phi(x) (erf form), 'tanh' = tanh approximation."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -160,7 +187,7 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def cpu_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+def cpu_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """mint.nn.functional.conv2d (zero padding: int, (ph, pw), 'valid' or 'same')."""
     if isinstance(padding, str):
         if padding not in ("valid", "same"):
@@ -172,26 +199,23 @@ def cpu_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return ops.conv2d(input, weight, bias, _pair(stride), "pad", (ph, pw), _pair(dilation), groups)
 
 
-def _conv2d_cell_construct(self, input):  # noqa: A002
-    if self.padding_mode != "zeros":
-        # non-zero padding modes (reflect/replicate/circular) are padded first, then convolved
-        input = _ORIGINAL_PAD(input, self._reversed_padding, mode=self.padding_mode)
+def _conv2d_cell_construct(self, input):
+    if self.padding_mode != "zeros":  # reflect / replicate / circular: pad first, then convolve
+        input = cpu_pad(input, self._reversed_padding, mode=self.padding_mode)
         return cpu_conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
     return cpu_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-_ORIGINAL_PAD = mint.nn.functional.pad
+def cpu_pad(input, pad, mode="constant", value=None):
+    """mint.nn.functional.pad via ops.pad (PadV3), which has CPU kernels for all four modes
+    (mint's ConstantPadND / ReflectionPad / ReplicationPad kernels are Ascend-only)."""
+    pad = tuple(int(p) for p in pad)
+    if mode == "constant":
+        return ops.pad(input, pad, mode="constant", value=0.0 if value is None else value)
+    return ops.pad(input, pad, mode=mode)
 
 
-def cpu_pad(input, pad, mode="constant", value=None):  # noqa: A002
-    """mint.nn.functional.pad: constant mode on CPU via ops.pad (PadV3); the other modes
-    (reflect/replicate/circular) have CPU kernels already and go to the original."""
-    if mode != "constant":
-        return _ORIGINAL_PAD(input, pad, mode=mode, value=value)
-    return ops.pad(input, tuple(int(p) for p in pad), mode="constant", value=0.0 if value is None else value)
-
-
-def cpu_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False):  # noqa: A002
+def cpu_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False):
     """mint.nn.functional.embedding: rows of `weight` picked by `input`; no gradient flows to the
     padding_idx row (as in torch).  max_norm / scale_grad_by_freq are not supported."""
     if max_norm is not None or scale_grad_by_freq:
@@ -205,16 +229,16 @@ def cpu_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0,
     return out
 
 
-def _embedding_cell_construct(self, input):  # noqa: A002
+def _embedding_cell_construct(self, input):
     return cpu_embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq)
 
 
-def cpu_ones_like(input, *, dtype=None):  # noqa: A002
+def cpu_ones_like(input, *, dtype=None):
     """mint.ones_like."""
     return ops.ones(input.shape, dtype or input.dtype)
 
 
-def cpu_zeros_like(input, *, dtype=None):  # noqa: A002
+def cpu_zeros_like(input, *, dtype=None):
     """mint.zeros_like."""
     return ops.zeros(input.shape, dtype or input.dtype)
 
@@ -229,7 +253,7 @@ def cpu_full(size, fill_value, *, dtype=None):
     return ops.full(tuple(size), fill_value, dtype=dtype)
 
 
-def cpu_mse_loss(input, target, reduction="mean"):  # noqa: A002
+def cpu_mse_loss(input, target, reduction="mean"):
     """mint.nn.functional.mse_loss ('mean' | 'sum' | 'none'), with broadcasting."""
     sq = (input - target) ** 2
     if reduction == "mean":
@@ -241,7 +265,7 @@ def cpu_mse_loss(input, target, reduction="mean"):  # noqa: A002
     raise ValueError(f"mse_loss: unknown reduction {reduction!r}")
 
 
-def _mse_loss_cell_construct(self, input, target):  # noqa: A002
+def _mse_loss_cell_construct(self, input, target):
     return cpu_mse_loss(input, target, self.reduction)
 
 
@@ -259,7 +283,8 @@ def cpu_scaled_dot_product_attention(
     """mindone's layers_compat.scaled_dot_product_attention (BNSD layout), as math attention with
     torch semantics: softmax(Q K^T * scale + bias) V, scale defaults to 1/sqrt(head_dim); a bool
     attn_mask keeps True positions, a float attn_mask is added; is_causal keeps j <= i (top-left
-    aligned).  Scores, mask and softmax are computed in fp32; the output has query's dtype.
+    aligned).  Everything is computed in fp32 (as the fused kernel accumulates; fp16 matmuls are
+    also slower than fp32 ones on CPU); the output has query's dtype.
     Masked positions get the fp32 minimum instead of -inf, so fully masked rows give a uniform
     average rather than NaN.  `backend` is accepted for signature compatibility and ignored."""
     out_dtype = query.dtype
@@ -269,7 +294,8 @@ def cpu_scaled_dot_product_attention(
         n_rep = query.shape[-3] // key.shape[-3]
         key = cpu_repeat_interleave(key, n_rep, dim=-3)
         value = cpu_repeat_interleave(value, n_rep, dim=-3)
-    scores = mint.matmul(query, key.swapaxes(-2, -1)).astype(ms.float32) * scale
+    q, k, v = query.astype(ms.float32), key.astype(ms.float32), value.astype(ms.float32)
+    scores = mint.matmul(q, k.swapaxes(-2, -1)) * scale
     neg = float(np.finfo(np.float32).min)
     if is_causal:
         causal = ms.Tensor(np.tril(np.ones((L, S), dtype=np.bool_)))
@@ -282,12 +308,7 @@ def cpu_scaled_dot_product_attention(
     probs = ops.softmax(scores, -1)
     if dropout_p > 0.0:
         probs = ops.dropout(probs, dropout_p, training=True)
-    return mint.matmul(probs.astype(value.dtype), value).astype(out_dtype)
-
-
-def _attention_method_sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
-    """Attention.scaled_dot_product_attention (BNSD), as torch's AttnProcessor2_0 calls SDPA."""
-    return cpu_scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
+    return mint.matmul(probs, v).astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +353,8 @@ def apply_cpu_kernels() -> list:
     done: list = []
     F = mint.nn.functional
     _patch_function(mint, "arange", cpu_arange, "mint.arange", done)
+    _patch_function(mint, "exp", precise_exp, "mint.exp", done)
+    _patch_function(mint, "tanh", precise_tanh, "mint.tanh", done)
     _patch_function(mint, "outer", cpu_outer, "mint.outer", done)
     _patch_function(mint, "stack", cpu_stack, "mint.stack", done)
     _patch_function(mint, "unbind", cpu_unbind, "mint.unbind", done)
@@ -352,8 +375,10 @@ def apply_cpu_kernels() -> list:
     _patch_method(mint.nn.MSELoss, "construct", _mse_loss_cell_construct, "mint.nn.MSELoss", done)
 
     try:
-        from mindone.diffusers.models import attention_dispatch  # noqa: F401  (holds a copy of sdpa)
-        from mindone.diffusers.models import attention_processor, layers_compat
+        from mindone.diffusers.models import (
+            attention_dispatch,  # noqa: F401  (holds a copy of sdpa)
+            layers_compat,
+        )
     except ImportError:  # mindone not installed: only the mint patches apply
         pass
     else:
@@ -362,13 +387,6 @@ def apply_cpu_kernels() -> list:
             "scaled_dot_product_attention",
             cpu_scaled_dot_product_attention,
             "mindone.diffusers.models.layers_compat.scaled_dot_product_attention",
-            done,
-        )
-        _patch_method(
-            attention_processor.Attention,
-            "scaled_dot_product_attention",
-            _attention_method_sdpa,
-            "mindone.diffusers.models.attention_processor.Attention.scaled_dot_product_attention",
             done,
         )
 

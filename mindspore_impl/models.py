@@ -62,3 +62,17 @@ def freeze(*models: ms.nn.Cell) -> None:
 def schedule_tables(scheduler: FlowMatchEulerDiscreteScheduler) -> tuple[np.ndarray, np.ndarray]:
     """The training schedule (timesteps, sigmas) as numpy, for fluxlora.draws."""
     return scheduler.timesteps.asnumpy().astype(np.float32), scheduler.sigmas.asnumpy().astype(np.float32)
+
+
+def enable_gradient_checkpointing(transformer, text_encoder=None) -> None:
+    """Recompute each block's activations in backward instead of keeping them.
+
+    mindone 0.5.0's FluxTransformer2DModel refuses `enable_gradient_checkpointing()`, so we use
+    MindSpore's own mechanism, `Cell.recompute()`, on every double and single block (and on CLIP's
+    encoder layers when it trains): the same granularity diffusers checkpoints at.
+    """
+    for block in list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks):
+        block.recompute()
+    if text_encoder is not None:
+        for layer in text_encoder.text_model.encoder.layers:
+            layer.recompute()

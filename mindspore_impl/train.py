@@ -48,7 +48,7 @@ def select_device(requested: str | None, mode: str = "pynative") -> str:
 def build(args, device: str):
     """Models loaded, frozen, LoRA-injected and dtype-placed (the document's three sections, in order)."""
     from .lora import add_lora
-    from .models import freeze, load_models
+    from .models import enable_gradient_checkpointing, freeze, load_models
     from .precision import place_dtypes
 
     models = load_models(model_location(args), args.revision, args.variant)
@@ -60,9 +60,7 @@ def build(args, device: str):
                  args.lora_dropout, flag="--train_text_encoder")
         trainable.append(models.text_encoder_one)
     if args.gradient_checkpointing:
-        models.transformer.enable_gradient_checkpointing()
-        if args.train_text_encoder:
-            models.text_encoder_one.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(models.transformer, models.text_encoder_one if args.train_text_encoder else None)
     place_dtypes(models, args.mixed_precision, trainable)
     return models, trainable
 

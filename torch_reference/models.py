@@ -60,3 +60,10 @@ def freeze(*models: torch.nn.Module) -> None:
 def schedule_tables(scheduler: FlowMatchEulerDiscreteScheduler) -> tuple[np.ndarray, np.ndarray]:
     """The training schedule (timesteps, sigmas) as numpy, for fluxlora.draws."""
     return scheduler.timesteps.numpy().astype(np.float32), scheduler.sigmas.numpy().astype(np.float32)
+
+
+def enable_gradient_checkpointing(transformer, text_encoder=None) -> None:
+    """Recompute each block's activations in backward instead of keeping them (diffusers' own switch)."""
+    transformer.enable_gradient_checkpointing()
+    if text_encoder is not None:
+        text_encoder.gradient_checkpointing_enable()

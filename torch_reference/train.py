@@ -23,7 +23,7 @@ from fluxlora.schedule import lr_multiplier
 from .checkpoint import restore_training_state, training_state
 from .export import render_validation, save_lora
 from .lora import add_lora, lora_parameters
-from .models import freeze, load_models, schedule_tables
+from .models import enable_gradient_checkpointing, freeze, load_models, schedule_tables
 from .precision import place_dtypes, precision_table
 from .step import clip_and_step, loss_and_grads
 
@@ -49,9 +49,7 @@ def build(args, device: torch.device):
                  args.lora_dropout, flag="--train_text_encoder")
         trainable.append(models.text_encoder_one)
     if args.gradient_checkpointing:
-        models.transformer.enable_gradient_checkpointing()
-        if args.train_text_encoder:
-            models.text_encoder_one.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(models.transformer, models.text_encoder_one if args.train_text_encoder else None)
     place_dtypes(models, args.mixed_precision, trainable)
     for model in models.named_modules().values():
         model.to(device)
