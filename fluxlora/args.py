@@ -118,8 +118,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None, prog: str = "train") -> argparse.Namespace:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    explicit = {action.dest for action in parser._actions
-                if any(opt in (argv if argv is not None else []) for opt in action.option_strings)}
+    given = {arg.split("=", 1)[0] for arg in (argv or []) if arg.startswith("--")}
+    explicit = {action.dest for action in parser._actions if given & set(action.option_strings)}
     args.demo = args.pretrained_model_name_or_path is None
     if args.demo:
         for key, value in DEMO_DEFAULTS.items():

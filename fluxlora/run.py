@@ -83,4 +83,6 @@ class TrainingPlan:
         return done_steps % self.checkpointing_steps == 0 and done_steps < self.total_steps
 
     def validation_due(self, done_steps: int) -> bool:
-        return self.validation_every is not None and done_steps % self.validation_every == 0
+        # the last step's validation runs after the LoRA file is saved, not twice
+        return self.validation_every is not None and done_steps % self.validation_every == 0 \
+            and done_steps < self.total_steps

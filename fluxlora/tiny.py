@@ -242,10 +242,16 @@ def write_t5_tokenizer(out: Path) -> None:
     special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
                "additional_special_tokens": [f"<extra_id_{i}>" for i in range(100)]}
     write_json(out / "special_tokens_map.json", special)
-    # add_prefix_space: the fast tokenizer converted from sentencepiece needs it to match the slow one.
-    write_json(out / "tokenizer_config.json",
-               {"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "extra_ids": 100,
-                "add_prefix_space": True, "legacy": True, **special})
+    # FLUX.1-dev ships the converted fast tokenizer (tokenizer.json) beside spiece.model; loading it
+    # skips a slow conversion. The conversion needs add_prefix_space, or "a" tokenizes differently
+    # from the slow sentencepiece tokenizer; tokenizer.json then carries that setting itself.
+    config = {"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "extra_ids": 100, "legacy": True,
+              **special}
+    write_json(out / "tokenizer_config.json", {**config, "add_prefix_space": True})
+    from transformers import T5TokenizerFast
+
+    T5TokenizerFast.from_pretrained(str(out)).backend_tokenizer.save(str(out / "tokenizer.json"))
+    write_json(out / "tokenizer_config.json", config)
 
 
 # ----------------------------------------------------------------------------- folder

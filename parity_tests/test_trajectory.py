@@ -6,8 +6,11 @@ AdamW over the same ten steps, which is why mindspore_impl defaults to a torch-s
 
 from __future__ import annotations
 
+import mindspore as ms
 import numpy as np
+import pytest
 import torch
+from mindspore import ops
 
 from .harness import difference
 
@@ -50,14 +53,31 @@ def ms_trajectory(pair, optimizer_name: str) -> tuple[list[float], dict[str, np.
     return losses, {n: p.asnumpy().copy() for n, p in params.items()}
 
 
+@pytest.fixture(scope="module")
+def trajectories(tiny_checkpoint, tmp_path_factory) -> dict:
+    """Each trajectory once per module (10 MindSpore steps take tens of seconds on a 2-core CPU):
+    torch AdamW, MindSpore AdamW and MindSpore nn.AdamWeightDecay, all from the same initial LoRA."""
+    from conftest import BUNDLED_IMAGES, tiny_args
+
+    from .harness import build_pair
+
+    args = tiny_args(tiny_checkpoint, tmp_path_factory.mktemp("trajectory"), BUNDLED_IMAGES)
+    pair = build_pair(args)
+    start = {p.name: p.asnumpy().copy() for p in pair.ms_models.transformer.trainable_params()}
+    result = {"torch": torch_trajectory(pair), "AdamW": ms_trajectory(pair, "AdamW")}
+    for p in pair.ms_models.transformer.trainable_params():  # back to the shared initial LoRA
+        ops.assign(p, ms.Tensor(start[p.name]))
+    result["AdamWeightDecay"] = ms_trajectory(pair, "AdamWeightDecay")
+    return result
+
+
 def worst(reference: dict, candidate: dict, label: str):
     return max((difference(f"{label} {n}", reference[n], candidate[n]) for n in reference), key=lambda d: d.max_abs)
 
 
-def test_ten_steps_fp32_same_losses_and_final_lora(make_pair):
-    pair = make_pair()
-    t_losses, t_weights = torch_trajectory(pair)
-    m_losses, m_weights = ms_trajectory(pair, "AdamW")
+def test_ten_steps_fp32_same_losses_and_final_lora(trajectories):
+    t_losses, t_weights = trajectories["torch"]
+    m_losses, m_weights = trajectories["AdamW"]
     print("\nstep  torch loss    mindspore loss   rel err")
     for step, (a, b) in enumerate(zip(t_losses, m_losses), 1):
         print(f"{step:>4}  {a:.7f}    {b:.7f}      {abs(a - b) / a:.2e}")
@@ -70,13 +90,11 @@ def test_ten_steps_fp32_same_losses_and_final_lora(make_pair):
     assert moved > 10 * WEIGHT_ABS, "LoRA B barely moved: the comparison would prove nothing"
 
 
-def test_adam_weight_decay_drift_is_measured(make_pair):
+def test_adam_weight_decay_drift_is_measured(trajectories):
     """The document's optimizer is not torch's AdamW: the measured gap, next to AdamW's parity error."""
-    pair = make_pair()
-    t_losses, t_weights = torch_trajectory(pair)
-    pair_again = make_pair()
-    _, adamw = ms_trajectory(pair_again, "AdamW")
-    _, adam_wd = ms_trajectory(pair, "AdamWeightDecay")
+    _, t_weights = trajectories["torch"]
+    _, adamw = trajectories["AdamW"]
+    _, adam_wd = trajectories["AdamWeightDecay"]
     parity = worst(t_weights, adamw, "AdamW")
     drift = worst(t_weights, adam_wd, "AdamWeightDecay")
     b_norm = lambda w: np.sqrt(sum(float((v ** 2).sum()) for n, v in w.items() if ".lora_B." in n))  # noqa: E731

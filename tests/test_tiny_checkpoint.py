@@ -73,3 +73,8 @@ def test_tokenizers_are_clip_bpe_and_sentencepiece(tiny_checkpoint):
     ids = tok.t5("a photo of").input_ids
     assert ids[-1] == tok.t5.eos_token_id == 1 and tok.t5.pad_token_id == 0
     assert tok.t5.convert_tokens_to_ids("<extra_id_0>") > 0
+    from transformers import T5Tokenizer  # the slow sentencepiece tokenizer: the fast one must agree
+
+    slow = T5Tokenizer.from_pretrained(tiny_checkpoint, subfolder="tokenizer_2")
+    for text in ("a photo of sks robot", "A dog, in Paris.  Two spaces", "unusual-words: xylophone 2024"):
+        assert tok.t5(text).input_ids == slow(text).input_ids, text

@@ -185,3 +185,14 @@ def test_adam_weight_decay_optimizer_flag(tiny_checkpoint, tmp_path):
     train(tiny_args(tiny_checkpoint, out, *extra("--optimizer", "AdamWeightDecay", "--max_train_steps", "2",
                                                  "--checkpointing_steps", "1")))
     assert (out / LORA_WEIGHT_NAME).is_file() and (out / "checkpoint-1" / "optimizer.safetensors").is_file()
+
+
+def test_validation_images(trainer, tiny_checkpoint, tmp_path):
+    """--validation_prompt renders every --validation_epochs epochs and once more at the end."""
+    out = tmp_path / "run"
+    # 4 bundled images at batch 1: an epoch is 4 steps, so 5 steps validate after step 4 and at step 5
+    trainer.train_module.train(tiny_args(tiny_checkpoint, out, *extra(
+        "--max_train_steps", "5", "--validation_prompt", "a photo of sks robot", "--num_validation_images", "2",
+        "--validation_epochs", "1")))
+    names = sorted(p.name for p in (out / "validation").iterdir())
+    assert names == ["step000004_0.png", "step000004_1.png", "step000005_0.png", "step000005_1.png"]
