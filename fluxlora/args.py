@@ -58,7 +58,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     a("--class_prompt", default=None)
     a("--with_prior_preservation", action="store_true")
     a("--prior_loss_weight", type=float, default=1.0)
-    a("--num_class_images", type=int, default=100)
+    a("--num_class_images", type=int, default=100,
+      help="prior preservation: missing class images are generated from --class_prompt by the base model")
+    a("--sample_batch_size", type=int, default=4, help="batch size for generating class images")
     a("--resolution", type=int, default=512)
     a("--center_crop", action="store_true")
     a("--random_flip", action="store_true")
@@ -152,7 +154,7 @@ def validate_args(args: argparse.Namespace) -> None:
     need(0.0 <= args.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1) (got {args.lora_dropout})")
     need(args.resolution > 0 and args.resolution % 16 == 0,
          f"--resolution {args.resolution} must be a positive multiple of 16 (VAE 8x downsampling, then 2x2 patches)")
-    for flag in ("train_batch_size", "gradient_accumulation_steps", "repeats", "num_train_epochs",
+    for flag in ("train_batch_size", "sample_batch_size", "gradient_accumulation_steps", "repeats", "num_train_epochs",
                  "checkpointing_steps", "max_sequence_length", "num_validation_images", "validation_epochs"):
         need(getattr(args, flag) >= 1, f"--{flag} must be at least 1 (got {getattr(args, flag)})")
     need(args.max_sequence_length <= 512, "--max_sequence_length must be at most 512 (T5's limit in FLUX)")

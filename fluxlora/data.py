@@ -121,3 +121,26 @@ class DreamBoothData:
         classes = [rows[1] for rows in examples if len(rows) > 1]
         rows = instance + classes
         return Batch(np.stack([r[0] for r in rows]), [r[1] for r in rows], len(instance))
+
+
+def missing_class_images(args) -> int:
+    """How many class images prior preservation still needs (the trainer generates them, as diffusers does)."""
+    if not args.with_prior_preservation:
+        return 0
+    folder = Path(args.class_data_dir)
+    found = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
+    return max(0, args.num_class_images - len(found))
+
+
+def save_images(images, folder: str | Path, prefix: str, first_index: int = 0) -> list[Path]:
+    """Save PIL images as PNGs; each appears complete or not at all (written, then renamed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images, first_index):
+        path = folder / f"{prefix}{index}.png"
+        staging = folder / f".{prefix}{index}.png.tmp"
+        image.save(staging, format="PNG")
+        staging.replace(path)
+        paths.append(path)
+    return paths

@@ -63,11 +63,12 @@ def step_draws(seed: int, step: int, sample_ids: list[int], latent_shape: tuple[
                  loss_weighting(weighting_scheme, sigmas))
 
 
-def validation_latents(seed: int, count: int, resolution: int, vae_config) -> np.ndarray:
-    """Initial packed noise for validation images, from numpy so both frameworks start alike."""
+def generation_latents(seed: int, count: int, resolution: int, vae_config, purpose: int = 0) -> np.ndarray:
+    """Initial packed noise for generated images (validation, class images), from numpy so both
+    frameworks start alike; `purpose` keeps the streams of different uses apart."""
     factor = 2 ** (len(vae_config.block_out_channels) - 1)
     side = resolution // factor
-    rng = np.random.default_rng([seed, 0x7A11])
+    rng = np.random.default_rng([seed, 0x7A11, purpose])
     noise = rng.standard_normal((count, vae_config.latent_channels, side, side), dtype=np.float32)
     b, c, h, w = noise.shape
     return noise.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)

@@ -27,6 +27,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 ASSETS = Path(__file__).with_name("assets")
+# Bump whenever what write_checkpoint produces changes, so cached demo checkpoints are rebuilt.
+BUILDER_VERSION = 2
 
 # FLUX.1-dev's values; the sizes below are the only thing a `--size` changes.
 SCHEDULER_CONFIG = {
@@ -308,7 +310,7 @@ def cached_checkpoint(size: str = "small", seed: int = 0) -> Path:
     import os
 
     root = Path(os.environ.get("FLUXLORA_CACHE", Path.home() / ".cache" / "fluxlora"))
-    folder = root / f"flux-{size}-seed{seed}"
+    folder = root / f"flux-{size}-seed{seed}-v{BUILDER_VERSION}"
     if not folder.exists():
         try:
             write_checkpoint(folder, size, seed)

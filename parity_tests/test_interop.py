@@ -87,3 +87,24 @@ def _flags(*flags):
     from conftest import BUNDLED_IMAGES
 
     return (BUNDLED_IMAGES, *flags)
+
+
+def test_a_torch_checkpoint_resumes_in_mindspore_on_the_same_trajectory(tiny_checkpoint, tmp_path):
+    """The training state is framework-free: torch trains steps 1-2, MindSpore continues 3-4, and the
+    result matches torch training all four steps (fp32; the trajectory test's bound)."""
+    import shutil
+
+    from mindspore_impl.train import train as ms_train
+    from torch_reference.train import train as torch_train
+
+    flags = _flags("--max_train_steps", "4", "--checkpointing_steps", "2")
+    whole = tmp_path / "torch"
+    torch_train(tiny_args(tiny_checkpoint, whole, *flags))
+    handed_over = tmp_path / "mindspore"
+    handed_over.mkdir()
+    shutil.copytree(whole / "checkpoint-2", handed_over / "checkpoint-2")
+    ms_train(tiny_args(tiny_checkpoint, handed_over, *flags, "--resume_from_checkpoint", "latest"))
+    a, b = load_file(whole / LORA_WEIGHT_NAME), load_file(handed_over / LORA_WEIGHT_NAME)
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst <= 2e-6, worst

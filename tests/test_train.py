@@ -196,3 +196,33 @@ def test_validation_images(trainer, tiny_checkpoint, tmp_path):
         "--validation_epochs", "1")))
     names = sorted(p.name for p in (out / "validation").iterdir())
     assert names == ["step000004_0.png", "step000004_1.png", "step000005_0.png", "step000005_1.png"]
+
+
+def test_resume_with_other_lora_settings_fails_cleanly(trainer, tiny_checkpoint, tmp_path, capsys):
+    from conftest import tiny_argv
+
+    out = tmp_path / "run"
+    trainer.train_module.train(tiny_args(tiny_checkpoint, out, *extra("--max_train_steps", "2",
+                                                                       "--checkpointing_steps", "1")))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.train_module.main(tiny_argv(tiny_checkpoint, out) + ["--rank", "8", "--resume_from_checkpoint",
+                                                                      "latest"])
+    assert exit_info.value.code == 2
+    assert "different --rank" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before, "a failed resume changed the output folder"
+
+
+def test_prior_preservation_generates_missing_class_images(trainer, tiny_checkpoint, tmp_path):
+    """As in diffusers: too few class images -> the base model draws the rest from --class_prompt."""
+    classes = tmp_path / "class"
+    classes.mkdir()
+    shutil.copy(sorted(BUNDLED_IMAGES.glob("*.png"))[0], classes / "mine.png")
+    out = tmp_path / "run"
+    trainer.train_module.train(tiny_args(tiny_checkpoint, out, *extra(
+        "--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", "a photo of a robot",
+        "--num_class_images", "3", "--sample_batch_size", "2", "--max_train_steps", "1")))
+    assert sorted(p.name for p in classes.iterdir()) == ["class_1.png", "class_2.png", "mine.png"]
+    from PIL import Image
+
+    assert Image.open(classes / "class_2.png").size == (32, 32)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from fluxlora.args import DEFAULT_TEXT_ENCODER_TARGETS, transformer_targets
-from fluxlora.draws import validation_latents
+from fluxlora.data import save_images
+from fluxlora.draws import generation_latents
 from fluxlora.lora_file import lora_metadata, save_lora_file
 
 
@@ -26,8 +27,12 @@ def save_lora(output_dir: str | Path, models, args) -> Path:
     return save_lora_file(output_dir, parts)
 
 
+CLASS_IMAGES = 1 << 30  # noise stream of class image k: CLASS_IMAGES + k (validation uses 0)
+
+
 @torch.no_grad()
-def render_validation(models, args, seed: int, step: int, output_dir: str | Path) -> list[Path]:
+def generate_images(models, args, prompt: str, count: int, seed: int, purpose: int) -> list:
+    """Images from the current models through diffusers' FluxPipeline, starting from numpy noise."""
     from diffusers import FluxPipeline
 
     pipeline = FluxPipeline(scheduler=models.noise_scheduler, vae=models.vae,
@@ -35,16 +40,25 @@ def render_validation(models, args, seed: int, step: int, output_dir: str | Path
                             text_encoder_2=models.text_encoder_two, tokenizer_2=models.tokenizers.t5,
                             transformer=models.transformer)
     pipeline.set_progress_bar_config(disable=True)
-    latents = torch.from_numpy(validation_latents(seed, args.num_validation_images, args.resolution,
-                                                  models.vae.config)).to(models.transformer.device,
-                                                                         models.transformer.dtype)
-    images = pipeline(prompt=[args.validation_prompt] * args.num_validation_images, latents=latents,
-                      height=args.resolution, width=args.resolution, num_inference_steps=20,
-                      guidance_scale=args.guidance_scale, max_sequence_length=args.max_sequence_length).images
-    folder = Path(output_dir) / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
+    latents = generation_latents(seed, count, args.resolution, models.vae.config, purpose)
+    latents = torch.from_numpy(latents).to(models.transformer.device, models.transformer.dtype)
+    return pipeline(prompt=[prompt] * count, latents=latents, height=args.resolution, width=args.resolution,
+                    num_inference_steps=20, guidance_scale=args.guidance_scale,
+                    max_sequence_length=args.max_sequence_length).images
+
+
+def render_validation(models, args, seed: int, step: int, output_dir: str | Path) -> list[Path]:
+    """The same starting noise at every validation, so images from different steps are comparable."""
+    images = generate_images(models, args, args.validation_prompt, args.num_validation_images, seed, purpose=0)
+    return save_images(images, Path(output_dir) / "validation", f"step{step:06d}_")
+
+
+def generate_class_images(models, args, seed: int, missing: int) -> list[Path]:
+    """Prior preservation: fill --class_data_dir up to --num_class_images from --class_prompt (base model)."""
+    first = args.num_class_images - missing
     paths = []
-    for index, image in enumerate(images):
-        paths.append(folder / f"step{step:06d}_{index}.png")
-        image.save(paths[-1])
+    for start in range(first, args.num_class_images, args.sample_batch_size):
+        count = min(args.sample_batch_size, args.num_class_images - start)
+        images = generate_images(models, args, args.class_prompt, count, seed, purpose=CLASS_IMAGES + start)
+        paths += save_images(images, args.class_data_dir, "class_", start)
     return paths
