@@ -145,7 +145,8 @@ def validate_args(args: argparse.Namespace) -> None:
          f"--lr_scheduler {args.lr_scheduler!r} is not known; use one of {', '.join(LR_SCHEDULERS)}")
     need(args.weighting_scheme in WEIGHTING_SCHEMES,
          f"--weighting_scheme {args.weighting_scheme!r} is not known; use one of {', '.join(WEIGHTING_SCHEMES)}")
-    need(args.optimizer in OPTIMIZERS, f"--optimizer {args.optimizer!r} is not known; use one of {', '.join(OPTIMIZERS)}")
+    need(args.optimizer in OPTIMIZERS,
+         f"--optimizer {args.optimizer!r} is not known; use one of {', '.join(OPTIMIZERS)}")
     need(args.mindspore_mode in ("pynative", "graph"), "--mindspore_mode must be pynative or graph")
     need(args.rank > 0, f"--rank must be a positive integer (got {args.rank}); 4 to 64 is usual for FLUX")
     if args.lora_alpha is None:
@@ -177,10 +178,10 @@ def validate_args(args: argparse.Namespace) -> None:
         layers = [name.strip() for name in args.lora_layers.split(",") if name.strip()]
         need(bool(layers), "--lora_layers is empty; give comma-separated module names like to_q,to_k")
         args.lora_layers = ",".join(layers)
-    if args.resume_from_checkpoint not in (None, "latest"):
-        need(Path(args.resume_from_checkpoint).is_dir() or (Path(args.output_dir) / args.resume_from_checkpoint).is_dir(),
-             f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: no such checkpoint folder; "
-             f"pass a checkpoint-N folder or 'latest'")
+    if args.resume_from_checkpoint is not None:
+        from .checkpoints import resolve_checkpoint
+
+        resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)  # a path that is no checkpoint fails now
 
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .args import UsageError
-
 CLIP_MAX_LENGTH = 77
 SUPPORTED_TEXT_ENCODERS = ("CLIPTextModel", "T5EncoderModel")
 

@@ -30,7 +30,8 @@ def empty_folder(tmp_path):
 
 
 CASES = {
-    "missing model folder": (lambda t, c: ["--pretrained_model_name_or_path", str(t / "no-such-flux")], "no such folder"),
+    "missing model folder": (lambda t, c: ["--pretrained_model_name_or_path", str(t / "no-such-flux")],
+                             "no such folder"),
     "model folder without model_index": (lambda t, c: ["--pretrained_model_name_or_path", str(t)], "model_index.json"),
     "missing instance folder": (lambda t, c: ["--instance_data_dir", str(t / "nothing-here")], "--instance_data_dir"),
     "empty instance folder": (lambda t, c: ["--instance_data_dir", str(empty_folder(t))], "no images"),

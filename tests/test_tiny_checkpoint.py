@@ -57,7 +57,8 @@ def test_flux_pipeline_loads_and_generates(tiny_checkpoint):
 
     pipe = FluxPipeline.from_pretrained(tiny_checkpoint)
     assert pipe.transformer.config.guidance_embeds and pipe.vae.config.latent_channels == 16
-    assert pipe.vae.config.shift_factor == pytest.approx(0.1159) and pipe.vae.config.scaling_factor == pytest.approx(0.3611)
+    assert pipe.vae.config.shift_factor == pytest.approx(0.1159)
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.3611)
     image = pipe("a photo", height=32, width=32, num_inference_steps=2, max_sequence_length=16, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(image)).all()

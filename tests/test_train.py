@@ -142,7 +142,8 @@ def test_resume_continues_exactly(trainer, tiny_checkpoint, tmp_path):
 
 def test_train_text_encoder_adds_clip_lora(trainer, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    trainer.train_module.train(tiny_args(tiny_checkpoint, out, *extra("--train_text_encoder", "--max_train_steps", "2")))
+    trainer.train_module.train(tiny_args(tiny_checkpoint, out, *extra("--train_text_encoder",
+                                                                       "--max_train_steps", "2")))
     keys = load_file(out / LORA_WEIGHT_NAME)
     clip = [k for k in keys if k.startswith("text_encoder.")]
     assert clip and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "out_proj")) for k in clip)

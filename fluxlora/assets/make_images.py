@@ -31,14 +31,16 @@ def draw_robot(draw: ImageDraw.ImageDraw, cx: float, cy: float, s: float) -> Non
     def box(x0, y0, x1, y1):
         return [cx + x0 * s, cy + y0 * s, cx + x1 * s, cy + y1 * s]
 
-    draw.rounded_rectangle(box(-45, -10, 45, 75), radius=int(14 * s), fill=(200, 40, 40), outline=(60, 10, 10), width=3)
-    draw.rounded_rectangle(box(-35, -80, 35, -15), radius=int(12 * s), fill=(225, 225, 230), outline=(60, 60, 70), width=3)
+    body, head = (200, 40, 40), (225, 225, 230)
+    draw.rounded_rectangle(box(-45, -10, 45, 75), radius=int(14 * s), fill=body, outline=(60, 10, 10), width=3)
+    draw.rounded_rectangle(box(-35, -80, 35, -15), radius=int(12 * s), fill=head, outline=(60, 60, 70), width=3)
     for ex in (-15, 15):
         draw.ellipse(box(ex - 8, -58, ex + 8, -42), fill=(30, 150, 230), outline=(10, 40, 80), width=2)
     draw.line(box(0, -80, 0, -100)[:4], fill=(60, 60, 70), width=3)
     draw.ellipse(box(-6, -108, 6, -96), fill=(250, 200, 30))
     for ax in (-1, 1):
-        draw.rounded_rectangle(box(min(ax * 45, ax * 65), 0, max(ax * 45, ax * 65), 50), radius=int(6 * s), fill=(225, 225, 230))
+        arm = box(min(ax * 45, ax * 65), 0, max(ax * 45, ax * 65), 50)
+        draw.rounded_rectangle(arm, radius=int(6 * s), fill=head)
     draw.rectangle(box(-20, 15, 20, 45), fill=(250, 200, 30), outline=(90, 70, 10), width=2)
 
 

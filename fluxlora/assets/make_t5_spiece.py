@@ -13,9 +13,9 @@ script documents how it was made: `python fluxlora/assets/make_t5_spiece.py`.
 import io
 import re
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import sentencepiece as spm
-from pydoc_data.topics import topics
 
 VOCAB_SIZE = 4000
 
