@@ -16,21 +16,32 @@ from mindspore import ops
 
 from fluxlora.args import DEFAULT_TEXT_ENCODER_TARGETS, UsageError, transformer_targets
 from fluxlora.checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
-from fluxlora.data import DreamBoothData
+from fluxlora.data import DreamBoothData, missing_class_images
 from fluxlora.inputs import make_step_inputs
 from fluxlora.log import TrainLog, announce
 from fluxlora.run import TrainingPlan, choose_seed, cli, fail, model_location, settle_precision
 from fluxlora.schedule import lr_multiplier
 
+from . import distributed
+
 PROG = "python -m mindspore_impl.train"
 DEVICE_TARGETS = {"cpu": "CPU", "cuda": "GPU", "ascend": "Ascend"}
+# Measured with mindone 0.5.0 on MindSpore 2.7.1 CPU: ms.jit over the FLUX step fails to compile at
+# `Unsupported op [SplitWithSize]` (mint.split in the timestep embedding), then at `Chunk`
+# (Tensor.chunk in AdaLayerNorm); Tensor methods resolve in C++ in graph mode, so cpu_kernels cannot
+# reach them. Not yet tried on Ascend.
+GRAPH_MODE_UNSUPPORTED = ("--mindspore_mode graph is not available yet: mindone 0.5.0's FLUX does not compile in "
+                          "graph mode on MindSpore CPU (SplitWithSize, Chunk) and the graph step is untested on "
+                          "Ascend. Use --mindspore_mode pynative (the default)")
 
 
 def select_device(requested: str | None, mode: str = "pynative") -> str:
     """Set MindSpore's device (default: what this MindSpore build targets); on CPU, route Ascend-only kernels."""
     if requested is not None and requested not in DEVICE_TARGETS:
         raise UsageError(f"--device {requested}: use one of {', '.join(DEVICE_TARGETS)}")
-    context = {"mode": ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE}
+    if mode == "graph":
+        raise UsageError(GRAPH_MODE_UNSUPPORTED)
+    context = {"mode": ms.PYNATIVE_MODE}
     if requested is not None:
         context["device_target"] = DEVICE_TARGETS[requested]
     try:
@@ -80,15 +91,26 @@ def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
     device = select_device(args.device, args.mindspore_mode)
     settle_precision(args, on_cpu=device == "CPU", bf16_on_cpu=False)
     from .checkpoint import restore_training_state, training_state
-    from .export import render_validation, save_lora
+    from .export import generate_class_images, render_validation, save_lora
     from .models import schedule_tables
     from .optim import OPTIMIZERS
     from .precision import precision_table
     from .step import clip_and_step, loss_and_grads
 
     seed = choose_seed(args)
-    data = DreamBoothData(args, world_size)
+    # LoRA's A matrices come from the framework's generator: seeded, a run (and every data-parallel
+    # process) starts from the same weights
+    ms.set_seed(seed)
+    missing = missing_class_images(args)
+    data = None if missing else DreamBoothData(args, world_size)  # a bad image fails before the models load
     models, trainable = build(args, device)
+    if missing:
+        if rank == 0:
+            announce(f"prior preservation: generating {missing} class images into {args.class_data_dir}")
+            generate_class_images(models, args, seed, missing)
+        if distributed.active():
+            distributed.barrier()  # the other ranks read them only once rank 0 has written them
+        data = DreamBoothData(args, world_size)
     groups = param_groups(models, args)
     if args.scale_lr:
         for group in groups:
@@ -181,7 +203,11 @@ def cached_posterior(models, inputs, cache: dict):
 def main(argv: list[str] | None = None) -> None:
     args = cli(argv, PROG)
     try:
-        train(args)
+        # the device first: joining the process group needs it (and MindSpore's init() its context)
+        rank, world_size, all_reduce = distributed.setup(select_device(args.device, args.mindspore_mode))
+        distributed.agree_on_start(args, rank)
+        train(args, rank, world_size, all_reduce)
+        distributed.finish()
     except UsageError as error:
         fail(PROG, error)
 

@@ -14,14 +14,15 @@ import torch
 
 from fluxlora.args import DEFAULT_TEXT_ENCODER_TARGETS, UsageError, transformer_targets
 from fluxlora.checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
-from fluxlora.data import DreamBoothData
+from fluxlora.data import DreamBoothData, missing_class_images
 from fluxlora.inputs import make_step_inputs
 from fluxlora.log import TrainLog, announce
 from fluxlora.run import TrainingPlan, choose_seed, cli, fail, model_location, settle_precision
 from fluxlora.schedule import lr_multiplier
 
+from . import distributed
 from .checkpoint import restore_training_state, training_state
-from .export import render_validation, save_lora
+from .export import generate_class_images, render_validation, save_lora
 from .lora import add_lora, lora_parameters
 from .models import enable_gradient_checkpointing, freeze, load_models, schedule_tables
 from .precision import place_dtypes, precision_table
@@ -71,15 +72,25 @@ def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
     if args.optimizer != "AdamW":
         raise UsageError(f"--optimizer {args.optimizer} exists only in mindspore_impl; the torch reference uses AdamW")
     seed = choose_seed(args)
-    data = DreamBoothData(args, world_size)
+    # LoRA's A matrices come from the framework's generator: seeded, a run (and every data-parallel
+    # process) starts from the same weights
+    torch.manual_seed(seed)
+    missing = missing_class_images(args)
+    data = None if missing else DreamBoothData(args, world_size)  # a bad image fails before the models load
     models, trainable = build(args, device)
+    if missing:
+        if rank == 0:
+            announce(f"prior preservation: generating {missing} class images into {args.class_data_dir}")
+            generate_class_images(models, args, seed, missing)
+        if distributed.active():
+            distributed.barrier()  # the other ranks read them only once rank 0 has written them
+        data = DreamBoothData(args, world_size)
     groups = param_groups(models, args)
     if args.scale_lr:
         for group in groups:
             group["lr"] *= args.gradient_accumulation_steps * args.train_batch_size * world_size
     base_lrs = [g["lr"] for g in groups]
-    named = {f"{i}:{n}": p for i, g in enumerate(groups) for n, p in g["params"].items()}
-    params = {n.split(":", 1)[1]: p for n, p in named.items()}
+    params = {n: p for g in groups for n, p in g["params"].items()}
     optimizer = torch.optim.AdamW([{**g, "params": list(g["params"].values())} for g in groups],
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     plan = TrainingPlan.of(data, args)
@@ -169,7 +180,11 @@ def cached_posterior(models, inputs, cache: dict, device):
 def main(argv: list[str] | None = None) -> None:
     args = cli(argv, PROG)
     try:
-        train(args)
+        # the device first: joining the process group needs it (and MindSpore's init() its context)
+        rank, world_size, all_reduce = distributed.setup(select_device(args.device))
+        distributed.agree_on_start(args, rank)
+        train(args, rank, world_size, all_reduce)
+        distributed.finish()
     except UsageError as error:
         fail(PROG, error)
 

@@ -1,0 +1,145 @@
+"""Data parallelism for the MindSpore trainer: one process per device, started by msrun.
+
+`msrun --worker_num=N --local_worker_num=N --master_port=P --join=True python -m mindspore_impl.train ...`
+starts N workers (and one scheduler process running the same command). Each worker trains on its own
+slice of every global batch (`DreamBoothData.batch(..., rank)`), and the workers average their
+gradients before the optimizer step, so all of them hold the same LoRA weights at every step. Started
+without msrun, everything here is a no-op and the trainer runs as one process.
+torch_reference/distributed.py is the same module for torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import mindspore as ms
+from mindspore import ops
+
+from fluxlora.args import UsageError
+from fluxlora.checkpoints import resolve_checkpoint
+from fluxlora.run import choose_seed
+
+AllReduce = Callable[[dict[str, ms.Tensor]], dict[str, ms.Tensor]]
+
+
+def launched() -> bool:
+    """msrun exports MS_ROLE (MS_WORKER, or MS_SCHED for its scheduler) to every process it starts.
+
+    Ascend's older rank-table launch sets RANK_TABLE_FILE and RANK_SIZE instead; it counts too, since
+    missing it would run N independent trainers writing one output folder (untested here: no Ascend)."""
+    if os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED"):
+        return True
+    return bool(os.environ.get("RANK_TABLE_FILE")) and int(os.environ.get("RANK_SIZE", "1")) > 1
+
+
+def setup(device: str) -> tuple[int, int, AllReduce | None]:
+    """(rank, world size, gradient averaging or None): join the cluster if msrun started us.
+
+    Call after `select_device`: `init()` picks HCCL, NCCL or the CPU collectives from the device target
+    already set. In msrun's scheduler process `init()` serves the cluster and ends the process there,
+    so the scheduler never loads a model."""
+    if not launched():
+        return 0, 1, None
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    world_size = get_group_size()
+    if device == "CPU" and world_size > 1:
+        # Processes sharing CPU cores starve each other's busy-waiting PyNative dispatch threads: measured
+        # with 2 processes on 2 cores, 7 s a step asynchronous and 1.1 s with synchronous launches.
+        ms.runtime.launch_blocking()
+    return get_rank(), world_size, average_gradients if world_size > 1 else None
+
+
+def active() -> bool:
+    from mindspore.communication import GlobalComm
+
+    return GlobalComm.INITED
+
+
+def average_gradients(grads: dict[str, ms.Tensor]) -> dict[str, ms.Tensor]:
+    """The mean of each gradient over all processes, in one all-reduce of one flat fp32 buffer.
+
+    One message instead of one per LoRA matrix; fp32 so that half-precision gradients are not summed
+    in half precision."""
+    from mindspore.communication import get_group_size
+
+    names = list(grads)
+    flat = ops.cat([grads[n].reshape(-1).astype(ms.float32) for n in names])
+    flat = ops.AllReduce(ops.ReduceOp.SUM)(flat) / get_group_size()
+    averaged, offset = {}, 0
+    for name in names:
+        size = grads[name].size
+        # slices, not ops.split: the split kernels that take a size list are missing on MindSpore CPU
+        averaged[name] = flat[offset : offset + size].reshape(grads[name].shape).astype(grads[name].dtype)
+        offset += size
+    return averaged
+
+
+def sum_over_processes(value: int) -> int:
+    """The sum of a small integer over all processes. MindSpore's CPU AllReduce does only float32 sums;
+    float32 holds integers exactly below 2**24."""
+    if not 0 <= value < 2**24:
+        raise ValueError(f"{value}: outside what a float32 all-reduce sums exactly")
+    return round(float(ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor([value], ms.float32)).asnumpy()[0]))
+
+
+def from_rank_0(value: int, rank: int) -> int:
+    """Rank 0's value of a non-negative integer below 2**32 on every process (a seed, a step): a sum in which
+    the others add 0, sent in 16-bit halves because float32 is exact only below 2**24."""
+    mine = value if rank == 0 else 0
+    return (sum_over_processes(mine >> 16) << 16) | sum_over_processes(mine & 0xFFFF)
+
+
+def agree_on_start(args, rank: int) -> None:
+    """Make every process start from the same seed and checkpoint, or stop with a clear error.
+
+    The same seed also gives every process the same initial LoRA weights: train() seeds the framework's
+    generator with it before injecting LoRA."""
+    if active():
+        share_seed(args, rank)
+        check_same_checkpoint(args, rank)
+
+
+def share_seed(args, rank: int) -> None:
+    """Without --seed each process would draw its own seed, and with it its own data order and noise."""
+    if args.seed is not None:  # every process parsed the same command line
+        return
+    args.seed = from_rank_0(choose_seed(args) if rank == 0 else 0, rank)
+
+
+def check_same_checkpoint(args, rank: int) -> None:
+    """Every process resolves --resume_from_checkpoint itself (train() does it again): all must find rank 0's.
+
+    They differ when --output_dir is not one filesystem that all see (a node finds no checkpoint), and
+    would then train different steps and hang in an all-reduce. No barrier is needed against rank 0
+    writing meanwhile: it writes (or deletes) a checkpoint only after its first gradient all-reduce,
+    which every process reaches only after loading its checkpoint."""
+    found = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    mine = checkpoint_step(found)
+    expected = from_rank_0(mine, rank)
+    disagreeing = sum_over_processes(int(mine != expected))
+    if disagreeing:
+        raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: {disagreeing} process(es) found "
+                         f"another checkpoint in {args.output_dir} than process 0, which resumes at step {expected} "
+                         f"(process {rank}: step {mine}). Put --output_dir on a filesystem every node sees")
+
+
+def checkpoint_step(folder) -> int:
+    """The step a resume starts at; 0 for a new run."""
+    if folder is None:
+        return 0
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+def barrier() -> None:
+    """An all-reduce of one number, waited for: MindSpore's Barrier kernel is missing on CPU."""
+    sum_over_processes(0)
+
+
+def finish() -> None:
+    """Wait for rank 0 to write the LoRA file, so no process reports done before the output exists."""
+    if active():
+        barrier()
