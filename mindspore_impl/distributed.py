@@ -46,10 +46,6 @@ def setup(device: str) -> tuple[int, int, AllReduce | None]:
 
     init()
     world_size = get_group_size()
-    if device == "CPU" and world_size > 1:
-        # Processes sharing CPU cores starve each other's busy-waiting PyNative dispatch threads: measured
-        # with 2 processes on 2 cores, 7 s a step asynchronous and 1.1 s with synchronous launches.
-        ms.runtime.launch_blocking()
     return get_rank(), world_size, average_gradients if world_size > 1 else None
 
 

@@ -53,6 +53,10 @@ def select_device(requested: str | None, mode: str = "pynative") -> str:
         from .cpu_kernels import apply_cpu_kernels
 
         apply_cpu_kernels()
+        # PyNative's asynchronous launch keeps busy-waiting dispatch threads that starve the compute
+        # threads on a few cores: the tiny FLUX step took 1.2-3.4 s asynchronous and 0.095 s with
+        # synchronous launches (2 cores), and two data-parallel processes 7 s vs 1.1 s.
+        ms.runtime.launch_blocking()
     return target
 
 

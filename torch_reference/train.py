@@ -25,6 +25,7 @@ from .checkpoint import restore_training_state, training_state
 from .export import generate_class_images, render_validation, save_lora
 from .lora import add_lora, lora_parameters
 from .models import enable_gradient_checkpointing, freeze, load_models, schedule_tables
+from .optim import OPTIMIZERS
 from .precision import place_dtypes, precision_table
 from .step import clip_and_step, loss_and_grads
 
@@ -69,7 +70,7 @@ def param_groups(models, args) -> list[dict]:
 def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
     device = select_device(args.device)
     settle_precision(args, on_cpu=device.type == "cpu", bf16_on_cpu=True)
-    if args.optimizer != "AdamW":
+    if args.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer {args.optimizer} exists only in mindspore_impl; the torch reference uses AdamW")
     seed = choose_seed(args)
     # LoRA's A matrices come from the framework's generator: seeded, a run (and every data-parallel
@@ -91,8 +92,7 @@ def train(args, rank: int = 0, world_size: int = 1, all_reduce=None) -> Path:
             group["lr"] *= args.gradient_accumulation_steps * args.train_batch_size * world_size
     base_lrs = [g["lr"] for g in groups]
     params = {n: p for g in groups for n, p in g["params"].items()}
-    optimizer = torch.optim.AdamW([{**g, "params": list(g["params"].values())} for g in groups],
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    optimizer = OPTIMIZERS[args.optimizer](groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     plan = TrainingPlan.of(data, args)
     output_dir = Path(args.output_dir)
     resume = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
