@@ -21,6 +21,7 @@ Needed by the tiny FLUX transformer, T5 encoder and VAE (each one, left out, mak
 fail on CPU; CLIPTextModel needs none):
 
 - Arange               -> ``ops.arange``                         ``mint.arange``  (timestep emb., RoPE, T5)
+- SplitWithSize        -> ``ops.split`` (no CPU kernel in 2.7.0)  ``mint.split``
 - Outer                -> broadcast multiply                     ``mint.outer``  (RoPE)
 - StackExt             -> ``ops.stack``                          ``mint.stack``  (RoPE)
 - unbind backward ("The pointer[input_tensor] is null.")
@@ -123,9 +124,16 @@ def cpu_stack(tensors, dim=0):
     return ops.stack(list(tensors), axis=dim)
 
 
+def cpu_split(tensor, split_size_or_sections, dim=0):
+    """mint.split via ops.split: MindSpore 2.7.0 has no CPU kernel for SplitWithSize (2.7.1 does)."""
+    if isinstance(split_size_or_sections, (list, tuple)):
+        split_size_or_sections = [int(s) for s in split_size_or_sections]
+    return ops.split(tensor, split_size_or_sections, axis=dim)
+
+
 def cpu_unbind(input, dim=0):
     """mint.unbind, built from split + squeeze so that its backward works on CPU."""
-    return tuple(p.squeeze(dim) for p in mint.split(input, 1, dim=dim))
+    return tuple(p.squeeze(dim) for p in cpu_split(input, 1, dim=dim))
 
 
 def cpu_repeat_interleave(input, repeats, dim=None, output_size=None):
@@ -355,6 +363,7 @@ def apply_cpu_kernels() -> list:
     _patch_function(mint, "arange", cpu_arange, "mint.arange", done)
     _patch_function(mint, "exp", precise_exp, "mint.exp", done)
     _patch_function(mint, "tanh", precise_tanh, "mint.tanh", done)
+    _patch_function(mint, "split", cpu_split, "mint.split", done)
     _patch_function(mint, "outer", cpu_outer, "mint.outer", done)
     _patch_function(mint, "stack", cpu_stack, "mint.stack", done)
     _patch_function(mint, "unbind", cpu_unbind, "mint.unbind", done)

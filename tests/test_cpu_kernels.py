@@ -77,6 +77,7 @@ def test_apply_lists_replacements_and_is_idempotent():
         "mint.arange",
         "mint.exp",
         "mint.tanh",
+        "mint.split",
         "mint.outer",
         "mint.stack",
         "mint.unbind",
@@ -130,6 +131,21 @@ def test_precise_exp_and_tanh_match_float64_and_differentiate():
         np.testing.assert_allclose(g, derivative(x), rtol=1e-6, atol=1e-7)
     half = fn(T(x, ms.float16))
     assert half.dtype == ms.float16
+
+
+@pytest.mark.parametrize("sections", [2, [1, 3, 2]])
+def test_split_values_and_gradient(sections):
+    x = rnd((6, 4), ms.float32, seed=3)
+    parts = mint.split(T(x, ms.float32), sections, dim=0)
+    bounds = np.cumsum([0] + ([sections] * 3 if isinstance(sections, int) else sections))
+    assert len(parts) == len(bounds) - 1
+    for part, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+        close(part.asnumpy(), x[lo:hi], TOL[ms.float32])
+    weights = [float(k + 1) for k in range(len(parts))]
+    (g,) = grads(lambda t: sum(w * p.sum() for w, p in zip(weights, mint.split(t, sections, dim=0))),
+                 T(x, ms.float32))
+    expected = np.concatenate([np.full((hi - lo, 4), w) for w, lo, hi in zip(weights, bounds[:-1], bounds[1:])])
+    close(g, expected, TOL[ms.float32])
 
 
 def test_arange():
