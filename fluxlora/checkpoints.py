@@ -73,3 +73,17 @@ def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | Non
 def load_checkpoint(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     state = json.loads((folder / "state.json").read_text())
     return load_file(str(folder / "lora.safetensors")), load_file(str(folder / "optimizer.safetensors")), state
+
+
+def check_matches(lora: dict[str, np.ndarray], shapes: dict[str, tuple]) -> None:
+    """A checkpoint resumes only the run that wrote it: same LoRA tensors, same shapes (rank)."""
+    missing = sorted(set(shapes) - set(lora))
+    if missing:
+        raise UsageError(f"--resume_from_checkpoint: the checkpoint lacks {len(missing)} LoRA tensors (e.g. "
+                         f"{missing[0]}); it was written with other --lora_layers/--train_text_encoder settings. "
+                         "Resume with the flags of the original run")
+    mismatched = [n for n, shape in shapes.items() if tuple(lora[n].shape) != shape]
+    if mismatched:
+        name = mismatched[0]
+        raise UsageError(f"--resume_from_checkpoint: {name} has shape {lora[name].shape} in the checkpoint but "
+                         f"{shapes[name]} here: a different --rank. Resume with the flags of the original run")

@@ -144,3 +144,12 @@ def save_images(images, folder: str | Path, prefix: str, first_index: int = 0) -
         staging.replace(path)
         paths.append(path)
     return paths
+
+
+def fill_class_images(args, missing: int, generate) -> list[Path]:
+    """Write the `missing` last class images, `--sample_batch_size` at a time; generate(count, first_index)."""
+    paths = []
+    for start in range(args.num_class_images - missing, args.num_class_images, args.sample_batch_size):
+        count = min(args.sample_batch_size, args.num_class_images - start)
+        paths += save_images(generate(count, start), args.class_data_dir, "class_", start)
+    return paths

@@ -8,7 +8,7 @@ import mindspore as ms
 import numpy as np
 
 from fluxlora.args import DEFAULT_TEXT_ENCODER_TARGETS, transformer_targets
-from fluxlora.data import save_images
+from fluxlora.data import fill_class_images, save_images
 from fluxlora.draws import generation_latents
 from fluxlora.lora_file import lora_metadata, save_lora_file
 
@@ -56,10 +56,5 @@ def render_validation(models, args, seed: int, step: int, output_dir: str | Path
 
 def generate_class_images(models, args, seed: int, missing: int) -> list[Path]:
     """Prior preservation: fill --class_data_dir up to --num_class_images from --class_prompt (base model)."""
-    first = args.num_class_images - missing
-    paths = []
-    for start in range(first, args.num_class_images, args.sample_batch_size):
-        count = min(args.sample_batch_size, args.num_class_images - start)
-        images = generate_images(models, args, args.class_prompt, count, seed, purpose=CLASS_IMAGES + start)
-        paths += save_images(images, args.class_data_dir, "class_", start)
-    return paths
+    return fill_class_images(args, missing, lambda count, start: generate_images(
+        models, args, args.class_prompt, count, seed, purpose=CLASS_IMAGES + start))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fluxlora.args import UsageError
+from fluxlora.checkpoints import check_matches
 
 
 def training_state(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer):
@@ -22,16 +22,7 @@ def training_state(params: dict[str, torch.nn.Parameter], optimizer: torch.optim
 
 def restore_training_state(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                            lora: dict[str, np.ndarray], moments: dict[str, np.ndarray], state: dict) -> None:
-    missing = sorted(set(params) - set(lora))
-    if missing:
-        raise UsageError(f"--resume_from_checkpoint: the checkpoint lacks {len(missing)} LoRA tensors (e.g. "
-                         f"{missing[0]}); it was written with other --lora_layers/--train_text_encoder settings. "
-                         "Resume with the flags of the original run")
-    mismatched = [n for n, p in params.items() if tuple(lora[n].shape) != tuple(p.shape)]
-    if mismatched:
-        raise UsageError(f"--resume_from_checkpoint: {mismatched[0]} has shape {lora[mismatched[0]].shape} in the "
-                         f"checkpoint but {tuple(params[mismatched[0]].shape)} here: a different --rank. Resume "
-                         "with the flags of the original run")
+    check_matches(lora, {name: tuple(p.shape) for name, p in params.items()})
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(torch.from_numpy(lora[name]))
