@@ -15,7 +15,8 @@ peak = frozen weights + LoRA state + activations kept for backward + the step's 
   LoRA linear keeps its input (a fresh compute-dtype copy under mixed precision, because peft casts
   the input to the fp32 LoRA dtype and `to_float` casts it back), RMSNorm keeps its input (on CPU as
   an fp32 copy under mixed precision), flash attention keeps q, k, v, its output and the log-sum-exp,
-  math attention the whole probability matrix. With gradient checkpointing only every block's inputs
+  mindspore_impl's CPU math attention (`cpu_kernels.MathAttention`) fp32 copies of q, k, v and its
+  output, recomputing the probabilities in backward. With gradient checkpointing only every block's inputs
   stay, plus one block's activations while it is recomputed.
 * The step's own tensors: cached prompt embeddings and VAE posterior, the latent-space stages the step
   returns (model input, packed input, prediction, target) and the squared error's difference.
@@ -155,7 +156,7 @@ class StepShape:
     text_tokens: int
     dtype: str  # compute / frozen weight dtype: fp32, bf16 or fp16
     rank: int
-    attention: str = "flash"  # "flash" (GPU, Ascend, torch CPU) or "math" (MindSpore CPU kernels)
+    attention: str = "flash"  # "flash" (GPU, Ascend, torch CPU) or "math" (mindspore_impl's CPU attention)
     fused_rms_norm: bool = False  # CUDA/Ascend kernels keep the input as is; torch's CPU path an fp32 copy
 
     @property
@@ -248,11 +249,10 @@ class Trace:
         q_rope, k_rope = self.new(n, d, q.requires_grad), self.new(n, d, k.requires_grad)  # rope keeps only cos/sin
         out = self.new(n, d, q.requires_grad or k.requires_grad or v.requires_grad)
         if out.requires_grad:
-            self.keep(q_rope, k_rope, v)
-            if shape.attention == "flash":
-                self.keep(out, self.new(n, heads, True, FLOAT32))  # output and log-sum-exp
-            else:
-                self.keep(Tensor(shape.batch * heads * n * n * FLOAT32, True))  # softmax probabilities
+            if shape.attention == "flash":  # inputs, output and log-sum-exp
+                self.keep(q_rope, k_rope, v, out, self.new(n, heads, True, FLOAT32))
+            else:  # the custom backward's inputs and output: q, k, v and the output, in fp32
+                self.keep(*(self.new(n, d, True, FLOAT32) for _ in range(4)))
         return out
 
     def cat(self, tokens: int, width: int, *parts: Tensor) -> Tensor:
@@ -362,8 +362,8 @@ def backward_working_set(shape: StepShape) -> int:
     n, heads = shape.tokens, shape.config["num_attention_heads"]
     elements = shape.batch * n * (d + (d + MLP_RATIO * d) + MLP_RATIO * d + d)
     working = elements * BYTES[shape.dtype]
-    if shape.attention == "math":  # the gradient of the probability matrix and softmax's backward output
-        working += 2 * shape.batch * heads * n * n * FLOAT32
+    if shape.attention == "math":  # recomputed probabilities, [dO, -delta][V, 1]^T, and their product dS
+        working += 3 * shape.batch * heads * n * n * FLOAT32
     return working
 
 

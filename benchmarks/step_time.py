@@ -716,7 +716,7 @@ def memory_split(bench, models, optimizer, baseline: int, peak: int) -> dict:
 
 
 def attention_kind(options) -> str:
-    """mindspore_impl's CPU kernels replace flash attention with math attention (the full softmax matrix)."""
+    """mindspore_impl's CPU kernels replace flash attention with math attention (L x S matrices, fp32)."""
     return "math" if options.child == "mindspore" and options.device == "cpu" else "flash"
 
 

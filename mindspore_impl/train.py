@@ -26,12 +26,16 @@ from . import distributed
 
 PROG = "python -m mindspore_impl.train"
 DEVICE_TARGETS = {"cpu": "CPU", "cuda": "GPU", "ascend": "Ascend"}
-# Measured with mindone 0.5.0 on MindSpore 2.7.1 CPU: ms.jit over the FLUX step fails to compile at
-# `Unsupported op [SplitWithSize]` (mint.split in the timestep embedding), then at `Chunk`
-# (Tensor.chunk in AdaLayerNorm); Tensor methods resolve in C++ in graph mode, so cpu_kernels cannot
-# reach them. Not yet tried on Ascend.
+# Measured with mindone 0.5.0 on MindSpore 2.7.1 CPU, ms.jit over value_and_grad of the FLUX loss:
+# with capture_mode "ast" and "bytecode" the graph fails kernel selection at Chunk (mint.chunk in
+# AdaLayerNormContinuous, Tensor.chunk in AdaLayerNormZero / AdaLayerNormZeroSingle), then, with those
+# routed by hand, at RepeatInterleaveInt (Tensor.repeat_interleave in the rotary embedding) and
+# SplitWithSize (Tensor.split in FluxAttnProcessor); "trace" fails earlier, tracing an int arange.
+# Graph mode resolves Tensor methods in C++, so cpu_kernels cannot reach them without rewriting
+# mindone's blocks. Not yet tried on Ascend, where these kernels exist.
 GRAPH_MODE_UNSUPPORTED = ("--mindspore_mode graph is not available yet: mindone 0.5.0's FLUX does not compile in "
-                          "graph mode on MindSpore CPU (SplitWithSize, Chunk) and the graph step is untested on "
+                          "graph mode on MindSpore CPU (no CPU graph kernels for Chunk, RepeatInterleaveInt and "
+                          "SplitWithSize, reached through Tensor methods) and the graph step is untested on "
                           "Ascend. Use --mindspore_mode pynative (the default)")
 
 

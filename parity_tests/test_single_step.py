@@ -85,3 +85,18 @@ def test_single_step_with_train_text_encoder(make_pair):
     assert worst.max_rel <= GRAD_REL, str(worst)
     assert max(float(abs(t_grads[n]).max()) for n in clip_grads) > 0, "CLIP LoRA received no gradient"
     print(f"\n{worst}")
+
+
+def test_single_step_with_gradient_checkpointing(make_pair):
+    """--gradient_checkpointing recomputes each block in backward (torch's checkpoint, MindSpore's
+    Cell.recompute, which also re-runs the CPU attention's own backward): the same loss and gradients."""
+    pair = make_pair("--gradient_checkpointing")
+    perturb_lora_b(pair)
+    inputs = pair.inputs()
+    t_loss, t_grads, _, _, _ = torch_step(pair, inputs)
+    m_loss, m_grads, _, _, _ = ms_step(pair, inputs)
+    assert_close("loss", t_loss, m_loss, LOSS_REL)
+    worst = max((difference(f"grad {n}", t_grads[n], m_grads[n]) for n in t_grads), key=lambda d: d.max_rel)
+    assert worst.max_rel <= GRAD_REL, str(worst)
+    assert max(float(abs(g).max()) for g in m_grads.values()) > 0
+    print(f"\n{worst}")
