@@ -54,11 +54,14 @@ Needed by the training / pipeline helpers around the models:
                                                                  ``mint.nn.MSELoss.construct``
 
 Not missing but imprecise on CPU (measured on 2.7.1 against float64 numpy): fp32 ``Exp`` is off by
-up to 6e-6 relative (torch: 6e-8) and fp32 ``Tanh`` by up to 1e-4 absolute (torch: 3e-8). FLUX's
+up to 6e-6 relative (torch: 6e-8), fp32 ``Tanh`` by up to 1e-4 absolute (torch: 3e-8) and fp32
+``Log`` by up to 1e-4 relative. FLUX's
 sinusoidal timestep/guidance embedding multiplies exp's result by up to 3500, which turned that into
-a 4e-4 relative error in the transformer's output. So in fp32 these two run in float64 and cast back:
+a 4e-4 relative error in the transformer's output; Log's error moved T5's relative-position
+buckets (see precise_log). So in fp32 these three run in float64 and cast back:
 - Exp (fp32)           -> float64 exp, cast to fp32              ``mint.exp``
 - Tanh (fp32)          -> float64 tanh, cast to fp32             ``mint.tanh``
+- Log (fp32)           -> float64 log, cast to fp32              ``mint.log``, ``ops.log`` (T5 buckets)
 
 Functions bound by value elsewhere (``from mindspore.mint... import x``, e.g. mindone's
 ``layers_compat.pad``) are re-bound in every already-imported ``mindone.*`` module.
@@ -93,7 +96,7 @@ def is_cpu() -> bool:
 # ----------------------------------------------------------------------------------------------
 # Replacements (each one computes what the Ascend kernel computes)
 # ----------------------------------------------------------------------------------------------
-_EXP, _TANH = mint.exp, mint.tanh
+_EXP, _TANH, _LOG = mint.exp, mint.tanh, mint.log
 
 
 def precise_exp(input):  # noqa: A002
@@ -104,6 +107,15 @@ def precise_exp(input):  # noqa: A002
 def precise_tanh(input):  # noqa: A002
     """fp32 tanh through float64: MindSpore CPU's fp32 Tanh is off by up to 1e-4."""
     return _TANH(input.astype(ms.float64)).astype(input.dtype) if input.dtype == ms.float32 else _TANH(input)
+
+
+def precise_log(input):  # noqa: A002
+    """fp32 log through float64: MindSpore CPU's fp32 Log is off by up to 1e-4 relative, enough to move
+    T5's relative-position buckets, floor(log(d / 8) / log(16) * 8), at d = 16, 32, 64: 1.9999995
+    instead of 2.0 put those token pairs in the wrong bucket and moved the 512-token T5 output by 12%."""
+    if not isinstance(input, ms.Tensor):
+        return _LOG(input)
+    return _LOG(input.astype(ms.float64)).astype(input.dtype) if input.dtype == ms.float32 else _LOG(input)
 
 
 def _scalar(x):
@@ -425,6 +437,8 @@ def apply_cpu_kernels() -> list:
     _patch_function(mint, "arange", cpu_arange, "mint.arange", done)
     _patch_function(mint, "exp", precise_exp, "mint.exp", done)
     _patch_function(mint, "tanh", precise_tanh, "mint.tanh", done)
+    _patch_function(mint, "log", precise_log, "mint.log", done)
+    _patch_function(ops, "log", precise_log, "ops.log", done)  # T5's relative-position buckets
     _patch_function(mint, "split", cpu_split, "mint.split", done)
     _patch_function(mint, "outer", cpu_outer, "mint.outer", done)
     _patch_function(mint, "stack", cpu_stack, "mint.stack", done)

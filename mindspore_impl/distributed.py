@@ -22,6 +22,9 @@ from fluxlora.checkpoints import resolve_checkpoint
 from fluxlora.run import choose_seed
 
 AllReduce = Callable[[dict[str, ms.Tensor]], dict[str, ms.Tensor]]
+# a two-process CPU all-reduce of one float fails there ("Launch kernel failed, name:Default/AllReduce-op0")
+# and works on 2.7.0, 2.7.1 and 2.7.2 (tests/test_distributed.py::test_mindspore_cpu_all_reduce)
+CPU_ALL_REDUCE_BROKEN = {"2.7.1.post1"}
 
 
 def launched() -> bool:
@@ -42,6 +45,9 @@ def setup(device: str) -> tuple[int, int, AllReduce | None]:
     so the scheduler never loads a model."""
     if not launched():
         return 0, 1, None
+    if device == "CPU" and ms.__version__ in CPU_ALL_REDUCE_BROKEN:
+        raise UsageError(f"MindSpore {ms.__version__} cannot all-reduce between CPU processes (its AllReduce "
+                         "kernel fails to launch): install mindspore 2.7.1 or 2.7.2, or train in one process")
     from mindspore.communication import get_group_size, get_rank, init
 
     init()
