@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     torch_ms = torch_rows(options.tokens, options.repeats)
     print(f"{'op (ms, best of ' + str(options.repeats) + ')':58s} {'mindspore':>10s} {'torch':>8s} {'ratio':>7s}")
     for name, value in ms_rows.items():
-        print(f"{name:58s} {value:10.2f} {torch_ms[name]:8.2f} {value / torch_ms[name]:7.1f}")
+        print(f"{name:58s} {value:10.3f} {torch_ms[name]:8.3f} {value / torch_ms[name]:7.1f}")
     print("torch's column shows its own kernel (SDPA, GELU, layer_norm) beside both MindSpore variants.")
 
 
