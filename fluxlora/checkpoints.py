@@ -75,6 +75,13 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, np.n
     return load_file(str(folder / "lora.safetensors")), load_file(str(folder / "optimizer.safetensors")), state
 
 
+def checkpoint_step(folder: Path | None) -> int:
+    """The step a resume from `folder` starts at; 0 for a new run (no folder)."""
+    if folder is None:
+        return 0
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
 def check_matches(lora: dict[str, np.ndarray], shapes: dict[str, tuple]) -> None:
     """A checkpoint resumes only the run that wrote it: same LoRA tensors, same shapes (rank)."""
     missing = sorted(set(shapes) - set(lora))

@@ -10,16 +10,14 @@ torch_reference/distributed.py is the same module for torchrun.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
 import mindspore as ms
 from mindspore import ops
 
+from fluxlora import agreement
 from fluxlora.args import UsageError
-from fluxlora.checkpoints import resolve_checkpoint
-from fluxlora.run import choose_seed
 
 AllReduce = Callable[[dict[str, ms.Tensor]], dict[str, ms.Tensor]]
 # a two-process CPU all-reduce of one float fails there ("Launch kernel failed, name:Default/AllReduce-op0")
@@ -96,44 +94,9 @@ def from_rank_0(value: int, rank: int) -> int:
 
 
 def agree_on_start(args, rank: int) -> None:
-    """Make every process start from the same seed and checkpoint, or stop with a clear error.
-
-    The same seed also gives every process the same initial LoRA weights: train() seeds the framework's
-    generator with it before injecting LoRA."""
+    """The same seed and checkpoint in every process (fluxlora.agreement), over this framework's collectives."""
     if active():
-        share_seed(args, rank)
-        check_same_checkpoint(args, rank)
-
-
-def share_seed(args, rank: int) -> None:
-    """Without --seed each process would draw its own seed, and with it its own data order and noise."""
-    if args.seed is not None:  # every process parsed the same command line
-        return
-    args.seed = from_rank_0(choose_seed(args) if rank == 0 else 0, rank)
-
-
-def check_same_checkpoint(args, rank: int) -> None:
-    """Every process resolves --resume_from_checkpoint itself (train() does it again): all must find rank 0's.
-
-    They differ when --output_dir is not one filesystem that all see (a node finds no checkpoint), and
-    would then train different steps and hang in an all-reduce. No barrier is needed against rank 0
-    writing meanwhile: it writes (or deletes) a checkpoint only after its first gradient all-reduce,
-    which every process reaches only after loading its checkpoint."""
-    found = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    mine = checkpoint_step(found)
-    expected = from_rank_0(mine, rank)
-    disagreeing = sum_over_processes(int(mine != expected))
-    if disagreeing:
-        raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: {disagreeing} process(es) found "
-                         f"another checkpoint in {args.output_dir} than process 0, which resumes at step {expected} "
-                         f"(process {rank}: step {mine}). Put --output_dir on a filesystem every node sees")
-
-
-def checkpoint_step(folder) -> int:
-    """The step a resume starts at; 0 for a new run."""
-    if folder is None:
-        return 0
-    return int(json.loads((folder / "state.json").read_text())["step"])
+        agreement.agree_on_start(args, rank, from_rank_0, sum_over_processes)
 
 
 def barrier() -> None:

@@ -141,6 +141,35 @@ def test_mindspore_trainer_refuses_cpu_data_parallel_where_all_reduce_is_broken(
         distributed.setup("CPU")
 
 
+def one_peer(rank_0_value: int, peer_sum: int):
+    """This process's collectives when the only other process is rank 0 holding `rank_0_value` and adding
+    `peer_sum` to every sum: fluxlora.agreement's logic without a launcher."""
+    return (lambda value, rank: rank_0_value if rank != 0 else value), (lambda value: value + peer_sum)
+
+
+def test_agreement_stops_a_process_that_found_another_checkpoint(tmp_path):
+    from fluxlora.agreement import check_same_checkpoint
+    from fluxlora.args import UsageError
+
+    args = SimpleNamespace(resume_from_checkpoint="latest", output_dir=str(tmp_path), seed=7)  # no checkpoint here
+    from_rank_0, sum_over_processes = one_peer(rank_0_value=2, peer_sum=0)  # rank 0 resumes at step 2
+    with pytest.raises(UsageError, match=r"1 process\(es\) found another checkpoint.*step 2 \(process 1: step 0\)"):
+        check_same_checkpoint(args, 1, from_rank_0, sum_over_processes)
+    from_rank_0, sum_over_processes = one_peer(rank_0_value=0, peer_sum=0)  # rank 0 starts fresh as well
+    check_same_checkpoint(args, 1, from_rank_0, sum_over_processes)
+
+
+def test_agreement_gives_every_process_rank_0s_seed(tmp_path):
+    from fluxlora.agreement import share_seed
+
+    args = SimpleNamespace(resume_from_checkpoint=None, output_dir=str(tmp_path), seed=None)
+    share_seed(args, 1, one_peer(rank_0_value=12345, peer_sum=0)[0])
+    assert args.seed == 12345
+    given = SimpleNamespace(seed=3)
+    share_seed(given, 1, one_peer(rank_0_value=12345, peer_sum=0)[0])
+    assert given.seed == 3  # --seed on the command line is already the same everywhere
+
+
 def log_records(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
 
